@@ -1,0 +1,1 @@
+"""IGPO training on the igpo envs: `IGPOConfig` and `IGPOTrainer` (subclasses of TRL's GRPO classes)."""
