@@ -1,0 +1,124 @@
+"""Tiny local models for tests, benchmarks and the CPU demo: no model hub needed.
+
+A byte-level BPE tokenizer is trained with `tokenizers` on the texts the model will see (so words of the task are
+whole tokens and decoding round-trips exactly, which the ``tool_call`` protocol's JSON needs), and a small
+Qwen2- or Llama-architecture model is built from a config with random weights. Both are saved with
+``save_pretrained`` because TRL reloads the reference model from ``model.config._name_or_path``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from igpo_envs.protocol import PROMPT_TEMPLATES
+
+EOS, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+# Protocol tags are kept as single tokens: they decide every parse, so a tiny model should not have to spell them.
+PROTOCOL_TAGS = tuple(
+    f"<{slash}{tag}>"
+    for tag in ("think", "search", "answer", "information", "tool_call", "tool_response", "browse")
+    for slash in ("", "/")
+)
+# Qwen-style chat template: every message framed by <|im_start|>role ... <|im_end|>.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
+    """Train a byte-level BPE tokenizer on ``texts`` and wrap it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(texts) + list(PROMPT_TEMPLATES.values()), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=IM_END,
+        pad_token=EOS,
+        additional_special_tokens=[IM_START],
+        chat_template=CHAT_TEMPLATE,
+    )
+    fast.add_tokens(list(PROTOCOL_TAGS))
+    return fast
+
+
+def tiny_config(
+    tokenizer,
+    arch: str = "qwen2",
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    max_position_embeddings: int = 4096,
+):
+    """A small decoder config whose vocabulary covers every token id of ``tokenizer``."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    configs = {"qwen2": Qwen2Config, "llama": LlamaConfig}
+    if arch not in configs:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(configs)}")
+    return configs[arch](
+        vocab_size=len(tokenizer),  # largest token id + 1, added tokens included
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids(IM_START),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    texts: Iterable[str] = (),
+    *,
+    arch: str = "qwen2",
+    vocab_size: int = 2048,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer on ``texts``, build a random model of that size, save both to ``out_dir``; return the path."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    out_dir = Path(out_dir)
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    config = tiny_config(tokenizer, arch, hidden_size, num_layers, num_heads, num_kv_heads)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Explicit generation defaults: true sampling (HF's top_k=50 default silently truncates), stop at <|im_end|>.
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True, top_k=0, top_p=1.0
+    )
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_tiny(path: str | Path):
+    """Load a model and tokenizer saved by `build_tiny_model` (or any local causal LM directory)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return model, tokenizer
