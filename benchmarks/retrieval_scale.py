@@ -1,0 +1,282 @@
+"""Retrieval at scale: bm25s-numba vs tantivy vs a Ray pool of tantivy searcher actors, at 100k and 1M passages.
+
+    python benchmarks/retrieval_scale.py --sizes 100000 1000000 --out-json benchmarks/results/retrieval_scale.json
+
+For each corpus size it generates a synthetic wiki-18 jsonl corpus (60-word passages over a Zipfian vocabulary of
+pseudo-words, 2-word titles) and 2,000 queries (5 words drawn from a random passage), then measures, each engine in
+its own process so peak memory is that engine's alone:
+
+* build: ``igpo-index build`` wall time, peak RSS of the building process, index size on disk;
+* serve: q/s answering batches of 64 with 1 and with 2 threads, p50/p99 latency of single queries, peak RSS;
+* Ray (tantivy index): q/s of a ``RayRetrieverPool`` with 1 and 2 actors at batch 64, and Ray's per-batch
+  overhead = (pool-of-1 time per batch - in-process time per batch) / in-process time, both in the same process;
+* tantivy's top-10 overlap with bm25s (mean |A and B| / 10 over the queries).
+
+Targets (issue 6): Ray 2 actors >= 1.8x one actor; Ray per-batch overhead <= 10% at batch 64; overlap >= 85%.
+The machine is shared, so the 1-minute load average is recorded before and after each measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCH = 64
+TOPK = 10
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+def make_vocab(size: int, rng: np.random.Generator) -> list[str]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words: set[str] = set()
+    while len(words) < size:
+        lengths = rng.integers(4, 10, size=size)
+        for n in lengths:
+            words.add("".join(rng.choice(letters, size=n)))
+            if len(words) >= size:
+                break
+    return sorted(words)
+
+
+def write_corpus(path: Path, n: int, seed: int = 0, vocab_size: int = 50_000, words_per_passage: int = 60) -> None:
+    rng = np.random.default_rng(seed)
+    vocab = np.array(make_vocab(vocab_size, rng), dtype=object)
+    weights = 1.0 / np.arange(1, vocab_size + 1) ** 1.07  # Zipf-like, as in natural text
+    weights /= weights.sum()
+    chunk = 50_000
+    with open(path, "w") as f:
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            text_ids = rng.choice(vocab_size, size=(m, words_per_passage), p=weights)
+            title_ids = rng.integers(1000, vocab_size, size=(m, 2))  # titles from the rarer words
+            lines = []
+            for i in range(m):
+                title = " ".join(vocab[title_ids[i]]).title()
+                text = " ".join(vocab[text_ids[i]])
+                lines.append(json.dumps({"id": str(start + i), "contents": f'"{title}"\n{text}'}))
+            f.write("\n".join(lines) + "\n")
+
+
+def make_queries(corpus: Path, n_docs: int, n_queries: int, seed: int = 1) -> list[str]:
+    rng = np.random.default_rng(seed)
+    wanted = set(rng.choice(n_docs, size=n_queries, replace=False).tolist())
+    queries = []
+    with open(corpus) as f:
+        for i, line in enumerate(f):
+            if i in wanted:
+                words = json.loads(line)["contents"].split("\n", 1)[1].split()
+                queries.append(" ".join(rng.choice(words, size=5, replace=False)))
+    rng.shuffle(queries)
+    return queries
+
+
+# -- workers (each in its own process) ---------------------------------------------------------------------------
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+
+
+def worker_build(corpus: str, engine: str, out: str) -> dict:
+    from igpo_envs.search.index_cli import build_index
+
+    t0 = time.perf_counter()
+    manifest = build_index(corpus, engine, out, progress=False)
+    return {"build_s": time.perf_counter() - t0, "build_peak_rss_mb": peak_rss_mb(), "index_mb": dir_mb(Path(out)),
+            "num_docs": manifest.num_docs}
+
+
+def _batched_qps(retriever, queries: list[str]) -> float:
+    t0 = time.perf_counter()
+    for i in range(0, len(queries), BATCH):
+        retriever.search(queries[i : i + BATCH], TOPK)
+    return len(queries) / (time.perf_counter() - t0)
+
+
+def worker_search(index: str, queries_path: str, ids_out: str) -> dict:
+    from igpo_envs.search.index_cli import open_index
+
+    queries = json.loads(Path(queries_path).read_text())
+    t0 = time.perf_counter()
+    one = open_index(index, num_threads=1)
+    open_s = time.perf_counter() - t0
+    one.search(queries[:BATCH], TOPK)  # warm-up (numba compilation, page cache)
+    latencies = []
+    for q in queries:
+        t = time.perf_counter()
+        one.search([q], TOPK)
+        latencies.append(time.perf_counter() - t)
+    qps_1 = _batched_qps(one, queries)
+    two = open_index(index, num_threads=2)
+    two.search(queries[:BATCH], TOPK)
+    qps_2 = _batched_qps(two, queries)
+    Path(ids_out).write_text(json.dumps([[p.id for p in hits] for hits in one.search(queries, TOPK)]))
+    return {"open_s": open_s, "qps_1t": qps_1, "qps_2t": qps_2, "p50_ms": 1e3 * float(np.percentile(latencies, 50)),
+            "p99_ms": 1e3 * float(np.percentile(latencies, 99)), "serve_peak_rss_mb": peak_rss_mb()}
+
+
+#: Ray keeps task returns up to this size inline in the RPC reply instead of the object store (default 100 KiB); a
+#: batch of 64 queries x 10 passages is ~400 KB of text, so raising it removes a store round trip per call.
+RAY_INLINE_CONFIG = {"max_direct_call_object_size": 4 << 20, "task_rpc_inlined_bytes_limit": 8 << 20}
+
+
+def worker_ray(index: str, queries_path: str, inline: str = "0") -> dict:
+    import psutil
+    import ray
+
+    from igpo_envs.search.index_cli import open_index
+    from igpo_envs.search.ray_pool import RayRetrieverPool
+
+    queries = json.loads(Path(queries_path).read_text())
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _system_config=RAY_INLINE_CONFIG if inline == "1" else None)
+    init_s = time.perf_counter() - t0
+    local = open_index(index, num_threads=1)
+    out: dict = {"ray_init_s": init_s}
+    for n_actors in (1, 2):
+        pool = RayRetrieverPool(index, num_actors=n_actors)
+        pool.search(queries[:BATCH], TOPK)  # warm-up
+        out[f"ray{n_actors}_qps"] = _batched_qps(pool, queries)
+        out[f"ray{n_actors}_actor_rss_mb"] = [psutil.Process(pid).memory_info().rss / 2**20 for pid in pool.pids]
+        if n_actors == 1:
+            # Same batches, in-process vs through one actor, interleaved so load changes hit both alike.
+            local.search(queries[:BATCH], TOPK)
+            t_local = t_pool = 0.0
+            for i in range(0, len(queries), BATCH):
+                batch = queries[i : i + BATCH]
+                t = time.perf_counter()
+                local.search(batch, TOPK)
+                t_local += time.perf_counter() - t
+                t = time.perf_counter()
+                pool.search(batch, TOPK)
+                t_pool += time.perf_counter() - t
+            n_batches = -(-len(queries) // BATCH)
+            out["local_ms_per_batch"] = 1e3 * t_local / n_batches
+            out["ray1_ms_per_batch"] = 1e3 * t_pool / n_batches
+            out["ray_overhead"] = (t_pool - t_local) / t_local
+        pool.close()
+    out["ray_speedup_2v1"] = out["ray2_qps"] / out["ray1_qps"]
+    ray.shutdown()
+    return out
+
+
+# -- driver -------------------------------------------------------------------------------------------------------
+def run_worker(*args: str) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def overlap(a_path: Path, b_path: Path) -> float:
+    a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
+    return float(np.mean([len(set(x) & set(y)) / TOPK for x, y in zip(a, b)]))
+
+
+def bench_size(n: int, workdir: Path, n_queries: int) -> dict:
+    corpus = workdir / f"corpus_{n}.jsonl"
+    if not corpus.exists():
+        t0 = time.perf_counter()
+        write_corpus(corpus, n)
+        print(f"[{n:,}] corpus written in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    queries_path = workdir / f"queries_{n}.json"
+    queries_path.write_text(json.dumps(make_queries(corpus, n, n_queries)))
+    row: dict = {"passages": n, "queries": n_queries}
+    for engine in ("bm25s", "tantivy"):
+        out = workdir / f"{engine}_{n}"
+        before = load()
+        res = run_worker("build", str(corpus), engine, str(out))
+        res.update(run_worker("search", str(out), str(queries_path), str(workdir / f"ids_{engine}_{n}.json")))
+        res["load_before"], res["load_after"] = before, load()
+        row[engine] = res
+        print(f"[{n:,}] {engine}: {json.dumps(res)}", file=sys.stderr, flush=True)
+    row["overlap_top10"] = overlap(workdir / f"ids_tantivy_{n}.json", workdir / f"ids_bm25s_{n}.json")
+    for key, inline in (("ray", "0"), ("ray_inline", "1")):
+        before = load()
+        row[key] = run_worker("ray", str(workdir / f"tantivy_{n}"), str(queries_path), inline)
+        row[key]["load_before"], row[key]["load_after"] = before, load()
+        print(f"[{n:,}] {key}: {json.dumps(row[key])}", file=sys.stderr, flush=True)
+    print(f"[{n:,}] overlap {row['overlap_top10']:.3f}", file=sys.stderr, flush=True)
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| passages | engine | build s | build peak MB | index MB | serve RSS MB | q/s 1 thr | q/s 2 thr | p50 ms | p99 ms |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for e in ("bm25s", "tantivy"):
+            x = r[e]
+            lines.append(
+                f"| {r['passages']:,} | {e}{'-numba' if e == 'bm25s' else ''} | {x['build_s']:.1f} | "
+                f"{x['build_peak_rss_mb']:.0f} | {x['index_mb']:.0f} | {x['serve_peak_rss_mb']:.0f} | "
+                f"{x['qps_1t']:,.0f} | {x['qps_2t']:,.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} |"
+            )
+    lines += [
+        "",
+        "| passages | Ray config | Ray 1 actor q/s | Ray 2 actors q/s | 2 vs 1 (target >= 1.8x) | in-process ms/batch-64 | "
+        "Ray-1 ms/batch-64 | Ray overhead (target <= 10%) | actor RSS MB | tantivy/bm25s top-10 overlap "
+        "(target >= 85%) | load avg |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        for key, label in (("ray", "default"), ("ray_inline", "inline returns <= 4 MiB")):
+            y = r[key]
+            lines.append(
+                f"| {r['passages']:,} | {label} | {y['ray1_qps']:,.0f} | {y['ray2_qps']:,.0f} | "
+                f"{y['ray_speedup_2v1']:.2f}x | {y['local_ms_per_batch']:.1f} | {y['ray1_ms_per_batch']:.1f} | "
+                f"{100 * y['ray_overhead']:.1f}% | {max(y['ray2_actor_rss_mb']):.0f} | "
+                f"{100 * r['overlap_top10']:.1f}% | {y['load_before']}–{y['load_after']} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--workdir", default=None, help="where corpora and indexes go (default: a temp dir)")
+    parser.add_argument("--out-json", default=None)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        result = {"build": worker_build, "search": worker_search, "ray": worker_ray}[kind](*rest)
+        print(json.dumps(result))
+        return
+    with tempfile.TemporaryDirectory(prefix="igpo-retrieval-scale-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for n in args.sizes:
+            # Fresh index directories each run (the build refuses a non-empty --out).
+            for engine in ("bm25s", "tantivy"):
+                subprocess.run(["rm", "-rf", str(workdir / f"{engine}_{n}")], check=True)
+            rows.append(bench_size(n, workdir, args.queries))
+    meta = {"cpus": os.cpu_count(), "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
+    if args.out_json:
+        Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""`SearchQAEnv`: the multi-turn search question-answering environment, and `step_batch`, its batched step."""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+
+from igpo_envs.metrics import exact_match, f1_score
+from igpo_envs.protocol import PROTOCOLS, TOOLS, Action, format_observation, parse_action, render_prompt, wrap_result
+from igpo_envs.search.base import Retriever
+from igpo_envs.tasks.datasets import load_questions
+from igpo_envs.types import Passage, QAItem
+
+REWARD_METRICS = {"f1": f1_score, "em": exact_match}
+
+#: Longest observation / action text the spaces admit (characters). Prompts plus top-k passages are far shorter.
+MAX_OBSERVATION_CHARS = 1_000_000
+MAX_ACTION_CHARS = 32_768
+
+
+def _bmp_charset() -> str:
+    # Every Basic Multilingual Plane character except the surrogate block: Wikipedia text is full of non-ASCII.
+    return "".join(chr(c) for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF)
+
+
+class UnicodeText(spaces.Text):
+    """`spaces.Text` whose deep copies share the (immutable) character tables: Gymnasium's `batch_space` deep-copies
+    the single space once per sub-env, which costs ~0.4 s per copy for a 63k-character charset otherwise."""
+
+    def __deepcopy__(self, memo):
+        clone = copy.copy(self)
+        clone._np_random = copy.deepcopy(self._np_random, memo)
+        return clone
+
+
+_TEXT_TEMPLATES: dict[int, UnicodeText] = {}
+
+
+def text_space(max_length: int) -> UnicodeText:
+    """A text space over the whole BMP. Building the 63k-character charset costs ~0.1 s, so a template is built
+    once per length and copied (each copy gets its own random generator on first use)."""
+    if max_length not in _TEXT_TEMPLATES:
+        _TEXT_TEMPLATES[max_length] = UnicodeText(max_length=max_length, min_length=0, charset=_bmp_charset())
+    return copy.deepcopy(_TEXT_TEMPLATES[max_length])
+
+
+_OUTSIDE_BMP = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
+
+
+def sanitize_text(text: str) -> str:
+    """Replace characters outside the BMP (and lone surrogates) by U+FFFD so the text lies in `text_space`."""
+    if text.isascii() or max(text) < "\ud800":  # fast paths: nearly all text
+        return text
+    return _OUTSIDE_BMP.sub("\ufffd", text)
+
+
+class NoRetrieverWarning(UserWarning):
+    """The env was built without a corpus or retriever; searches return a configuration notice."""
+
+
+NO_RETRIEVER_NOTICE = (
+    "Search is not available: this environment has no retriever configured. Pass corpus='wiki-18 style .jsonl', "
+    "retriever_url='http://host:port/retrieve' (a Search-R1 retriever server, e.g. `igpo-retriever`), or "
+    "retriever=<a Retriever instance, e.g. a web search backend> to gym.make."
+)
+NO_BROWSER_NOTICE = "Browsing is not available: this environment has no browser configured (pass browser=...)."
+_warned_no_retriever = False
+
+
+def _warn_no_retriever_once() -> None:
+    global _warned_no_retriever
+    if not _warned_no_retriever:
+        _warned_no_retriever = True
+        warnings.warn(NO_RETRIEVER_NOTICE, NoRetrieverWarning, stacklevel=3)
+
+
+def _query_key(query: str) -> str:
+    return " ".join(query.lower().split())
+
+
+@dataclass
+class _Episode:
+    """Mutable per-episode state."""
+
+    item: QAItem
+    messages: list[dict[str, str]]
+    turn: int = 0
+    queries: list[str] = field(default_factory=list)
+    repeated_queries: int = 0
+    retrieved_ids: list[str] = field(default_factory=list)
+    retrieved_titles: set[str] = field(default_factory=set)
+    done: bool = False
+
+
+class SearchQAEnv(gym.Env[str, str]):
+    """
+    ## Description
+    Multi-turn question answering with a search tool, as in Search-R1 and IGPO (arXiv 2510.14967). The agent reads a
+    question, issues search queries whose top passages come back as the next observation, and ends the episode with
+    an answer, scored against the gold aliases with SQuAD-normalised F1 (or exact match).
+
+    ## Action Space
+    `spaces.Text`: the agent's whole text for one turn, parsed by `igpo_envs.protocol.parse_action`:
+    - `protocol="tag"` (Search-R1): `<search> query </search>` or `<answer> text </answer>`, `<think>` allowed.
+    - `protocol="tool_call"` (official IGPO / Qwen): `<tool_call>{"name": "search", "arguments": {"query": "..."}}
+      </tool_call>` or `<answer> text </answer>`.
+    With `tools=("search", "browse")`, `<browse> url </browse>` (tag) or a `"browse"` tool call with `{"url": ...}`
+    fetches a page through `browser`.
+
+    ## Observation Space
+    `spaces.Text` over every Basic Multilingual Plane character (Wikipedia text is not ASCII), `min_length=0`.
+    At reset: the task prompt (instructions + question, `render_prompt`). After a search: the top-`topk` passages
+    wrapped in `<information>` (tag) or `<tool_response>` (tool_call). After the episode ends: the empty string.
+    Characters outside the BMP (rare in text corpora) are replaced with U+FFFD. The gold answer never appears in
+    an observation that the environment writes itself.
+
+    ## Rewards
+    - Search / browse turn: 0 (information-gain rewards are added by `igpo_envs.information_gain`).
+    - Answer turn: F1 (`reward_metric="f1"`) or EM (`"em"`) against the gold aliases, maximised over aliases.
+    - Malformed turn (unbalanced tags, bad JSON, unknown tool, empty query, both a tool call and an answer, ...):
+      `format_penalty` (default -2.0, the official IGPO value).
+    - Turn limit reached without an answer: 0.
+
+    ## Starting State
+    A question drawn from `questions` in a seeded random order (a new permutation per pass), or the one pinned by
+    `reset(options={"question_index": i})` / `reset(options={"question_id": id})`.
+
+    ## Episode End
+    - Termination: an answer turn, or a malformed turn.
+    - Truncation: `max_turns` turns without an answer (`truncated=True`).
+
+    ## Information
+    `info` always has `messages` (chat messages so far: the user prompt, assistant turns, tool results with role
+    `"tool"` in the tool_call protocol and `"user"` in the tag protocol), `question`, `question_id`, `data_source`,
+    `turn`, `num_searches`, `queries`, `repeated_queries`, `retrieved_ids`, `gold_recall` (fraction of gold passages
+    retrieved so far, `None` when the gold evidence is unknown), `corpus_hash`; after a step also `action` (the parsed
+    action) and `error` (why a turn was malformed, else `None`); at episode end `golden_answers`, `prediction`, `em`,
+    `f1`. `env.unwrapped.item` is the current `QAItem` and `env.unwrapped.items` all of them (trainers and oracle
+    agents read the gold from there, never from observations).
+
+    ## Arguments
+    - `questions`: path to a FlashRAG jsonl (`{id, question, golden_answers}`) or a Search-R1/verl parquet, or a
+      sequence of `QAItem`.
+    - `corpus`: path to a wiki-18 style jsonl corpus (indexed with BM25 by `igpo_envs.search.make_retriever`).
+    - `retriever`: a `Retriever` instance (takes precedence); `retriever_url`: a Search-R1 `/retrieve` server.
+    - `retriever_kwargs`: extra arguments for `make_retriever`.
+    - `protocol`: `"tag"` or `"tool_call"`. `prompt_template`: overrides the prompt (must contain `{question}`).
+    - `topk`: passages per search (3). `max_turns`: turn limit (10, as the paper).
+    - `format_penalty`: reward of a malformed turn (-2.0). `reward_metric`: `"f1"` or `"em"`.
+    - `tools`: tools the agent may call, from `("search", "browse")`. `browser`: `browser(url) -> str` for browse.
+    - `render_mode`: `"ansi"` (the transcript as a string) or `"human"` (prints it).
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 1}
+
+    def __init__(
+        self,
+        questions: str | Path | Sequence[QAItem],
+        corpus: str | Path | None = None,
+        retriever: Retriever | None = None,
+        retriever_url: str | None = None,
+        protocol: str = "tag",
+        topk: int = 3,
+        max_turns: int = 10,
+        format_penalty: float = -2.0,
+        reward_metric: str = "f1",
+        prompt_template: str | None = None,
+        tools: Sequence[str] = ("search",),
+        render_mode: str | None = None,
+        browser: Callable[[str], str] | None = None,
+        retriever_kwargs: dict[str, Any] | None = None,
+    ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+        if reward_metric not in REWARD_METRICS:
+            raise ValueError(f"unknown reward_metric {reward_metric!r}; expected one of {sorted(REWARD_METRICS)}")
+        unknown_tools = set(tools) - set(TOOLS)
+        if unknown_tools or not tools:
+            raise ValueError(f"tools must be a non-empty subset of {TOOLS}, got {tuple(tools)}")
+        if int(topk) < 1 or int(max_turns) < 1:
+            raise ValueError(f"topk and max_turns must be >= 1, got topk={topk}, max_turns={max_turns}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"unknown render_mode {render_mode!r}; expected one of {self.metadata['render_modes']}")
+        render_prompt("", protocol, prompt_template)  # validates the template early
+
+        self.items: tuple[QAItem, ...] = tuple(load_questions(questions))
+        self._index_by_id = {item.id: i for i, item in enumerate(self.items)}
+        if len(self._index_by_id) != len(self.items):
+            duplicate = next(qid for qid, n in Counter(item.id for item in self.items).items() if n > 1)
+            raise ValueError(f"question ids must be unique (they pin and trace episodes); {duplicate!r} repeats")
+        self.protocol = protocol
+        self.topk = int(topk)
+        self.max_turns = int(max_turns)
+        self.format_penalty = float(format_penalty)
+        self.reward_metric = reward_metric
+        self.prompt_template = prompt_template
+        self.tools = tuple(tools)
+        self.render_mode = render_mode
+        self.browser = browser
+        self.retriever = self._build_retriever(corpus, retriever, retriever_url, retriever_kwargs or {})
+        if self.retriever is None and "search" in self.tools:
+            _warn_no_retriever_once()
+        self._init_kwargs = dict(protocol=protocol, topk=topk, max_turns=max_turns, format_penalty=format_penalty,
+                                 reward_metric=reward_metric, prompt_template=prompt_template, tools=tuple(tools),
+                                 render_mode=render_mode, browser=browser)
+
+        self.observation_space = text_space(MAX_OBSERVATION_CHARS)
+        self.action_space = text_space(MAX_ACTION_CHARS)
+        self._order: np.ndarray | None = None
+        self._cursor = 0
+        self._episode: _Episode | None = None
+
+    @staticmethod
+    def _build_retriever(corpus, retriever, retriever_url, retriever_kwargs) -> Retriever | None:
+        if corpus is None and retriever_url is None and retriever is None:
+            return None
+        from igpo_envs.search import make_retriever  # lazy: the BM25 / HTTP backends are heavier than the env
+
+        return make_retriever(corpus=corpus, retriever_url=retriever_url, retriever=retriever, **retriever_kwargs)
+
+    def spawn(self) -> SearchQAEnv:
+        """A sibling env sharing this one's questions, retriever and settings (how the vector env builds its
+        sub-envs without reloading data or rebuilding indexes). Subclasses with other constructors override it."""
+        return SearchQAEnv(questions=self.items, retriever=self.retriever, **self._init_kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def item(self) -> QAItem | None:
+        """The current question (with its gold answers and evidence); None before the first reset."""
+        return None if self._episode is None else self._episode.item
+
+    @property
+    def corpus_hash(self) -> str | None:
+        return getattr(self.retriever, "content_hash", None) if self.retriever is not None else None
+
+    def question_index(self, question_id: str) -> int:
+        if question_id not in self._index_by_id:
+            raise KeyError(f"unknown question_id {question_id!r}")
+        return self._index_by_id[question_id]
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        if seed is not None or self._order is None:  # a seed fixes the question order from here on
+            self._shuffle()
+        if options.get("question_index") is not None:
+            index = int(options["question_index"])
+            if not 0 <= index < len(self.items):
+                raise ValueError(f"question_index {index} out of range [0, {len(self.items)})")
+        elif options.get("question_id") is not None:
+            index = self.question_index(str(options["question_id"]))
+        else:
+            index = self._next_index()
+        item = self.items[index]
+        prompt = sanitize_text(render_prompt(item.question, self.protocol, self.prompt_template))
+        self._episode = _Episode(item=item, messages=[{"role": "user", "content": prompt}])
+        if self.render_mode == "human":
+            self.render()
+        return prompt, self._info()
+
+    def _shuffle(self) -> None:
+        self._order = self.np_random.permutation(len(self.items))
+        self._cursor = 0
+
+    def _next_index(self) -> int:
+        """The next question of the seeded permutation; a new permutation per pass over the questions."""
+        if self._cursor >= len(self._order):
+            self._shuffle()
+        index = int(self._order[self._cursor])
+        self._cursor += 1
+        return index
+
+    # ------------------------------------------------------------------ step
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        return step_batch([self], [action])[0]
+
+    def _parse(self, action: Any) -> Action:
+        if self._episode is None or self._episode.done:
+            raise ResetNeeded("the episode has ended (or never started): call reset() before step()")
+        return parse_action(action, self.protocol, self.tools)
+
+    def _tool_result(self, action: Action, passages: list[Passage] | None) -> str:
+        """The observation text of a tool turn, recording queries and retrieved ids on the way."""
+        episode = self._episode
+        if action.kind == "search":
+            key = _query_key(action.argument)
+            episode.repeated_queries += any(_query_key(q) == key for q in episode.queries)
+            episode.queries.append(action.argument)
+            if passages is None:
+                return wrap_result(NO_RETRIEVER_NOTICE, self.protocol)
+            for p in passages:
+                if p.id not in episode.retrieved_ids:
+                    episode.retrieved_ids.append(p.id)
+                episode.retrieved_titles.add(p.title)
+            return format_observation(passages, self.protocol)
+        # browse
+        if self.browser is None:
+            return wrap_result(NO_BROWSER_NOTICE, self.protocol)
+        try:
+            page = self.browser(action.argument)
+        except Exception as exc:  # a failed fetch is information for the agent, not a crash
+            page = f"Could not open {action.argument}: {type(exc).__name__}: {exc}"
+        return wrap_result(str(page), self.protocol)
+
+    def _finish(self, text: Any, action: Action, passages: list[Passage] | None):
+        episode = self._episode
+        episode.turn += 1
+        episode.messages.append({"role": "assistant", "content": text if isinstance(text, str) else repr(text)})
+        terminated = truncated = False
+        prediction = None
+        if action.kind == "answer":
+            prediction = action.argument
+            reward = float(REWARD_METRICS[self.reward_metric](prediction, episode.item.golden_answers))
+            observation, terminated = "", True
+        elif action.kind == "invalid":
+            reward, observation, terminated = self.format_penalty, "", True
+        else:
+            reward = 0.0
+            observation = sanitize_text(self._tool_result(action, passages))
+            episode.messages.append({"role": "tool" if self.protocol == "tool_call" else "user",
+                                     "content": observation})
+            truncated = episode.turn >= self.max_turns
+        episode.done = terminated or truncated
+        info = self._info()
+        info["action"] = action.as_dict()
+        info["error"] = action.error
+        if episode.done:
+            golds = episode.item.golden_answers
+            info.update(golden_answers=list(golds), prediction=prediction,
+                        em=exact_match(prediction, golds) if prediction is not None else 0.0,
+                        f1=f1_score(prediction, golds) if prediction is not None else 0.0)
+        if self.render_mode == "human":
+            self.render()
+        return observation, reward, terminated, truncated, info
+
+    def _info(self) -> dict[str, Any]:
+        episode = self._episode
+        item = episode.item
+        return {
+            "messages": [dict(m) for m in episode.messages],
+            "question": item.question,
+            "question_id": item.id,
+            "data_source": item.data_source,
+            "turn": episode.turn,
+            "num_searches": len(episode.queries),
+            "queries": list(episode.queries),
+            "repeated_queries": episode.repeated_queries,
+            "retrieved_ids": list(episode.retrieved_ids),
+            "gold_recall": self._gold_recall(),
+            "corpus_hash": self.corpus_hash,
+        }
+
+    def _gold_recall(self) -> float | None:
+        episode, item = self._episode, self._episode.item
+        if item.gold_passage_ids:
+            found = set(episode.retrieved_ids)
+            return sum(g in found for g in item.gold_passage_ids) / len(item.gold_passage_ids)
+        if item.gold_titles:
+            return sum(t in episode.retrieved_titles for t in item.gold_titles) / len(item.gold_titles)
+        return None
+
+    # ------------------------------------------------------------------ render
+    def render(self) -> str | None:
+        if self.render_mode is None:
+            gym.logger.warn("render() called without render_mode; pass render_mode='ansi' or 'human' to gym.make")
+            return None
+        if self._episode is None:
+            transcript = ""
+        else:
+            transcript = "\n".join(f"[{m['role']}] {m['content']}" for m in self._episode.messages)
+        if self.render_mode == "ansi":
+            return transcript
+        print(transcript.rsplit("\n[", 1)[-1] if self._episode and self._episode.turn else transcript)
+        return None
+
+
+def step_batch(envs: Sequence[SearchQAEnv], actions: Sequence[Any]) -> list[tuple[str, float, bool, bool, dict]]:
+    """Step many envs at once: parse every action, answer all searches that share a retriever (and `topk`) with ONE
+    batched ``retriever.search`` call, then finish each step. Returns one ``(obs, reward, terminated, truncated,
+    info)`` per env. `SearchQAEnv.step` is this function with one env."""
+    if len(envs) != len(actions):
+        raise ValueError(f"got {len(envs)} envs but {len(actions)} actions")
+    for env in envs:
+        if not isinstance(env, SearchQAEnv):
+            raise TypeError(f"step_batch steps SearchQAEnv instances, got {type(env).__name__}; pass env.unwrapped "
+                            "(wrappers are not applied by step_batch)")
+    parsed = [env._parse(a) for env, a in zip(envs, actions)]
+    passages: list[list[Passage] | None] = [None] * len(envs)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (env, action) in enumerate(zip(envs, parsed)):
+        if action.kind == "search" and env.retriever is not None:
+            groups.setdefault((id(env.retriever), env.topk), []).append(i)
+    for (_, topk), members in groups.items():
+        retriever = envs[members[0]].retriever
+        results = retriever.search([parsed[i].argument for i in members], topk)
+        if len(results) != len(members):
+            raise RuntimeError(f"{type(retriever).__name__}.search returned {len(results)} result lists "
+                               f"for {len(members)} queries")
+        for i, result in zip(members, results):
+            passages[i] = list(result)[:topk]
+    return [env._finish(a, action, p) for env, a, action, p in zip(envs, actions, parsed, passages)]

@@ -1,0 +1,335 @@
+"""Beliefs v_0..v_K of a rollout in one forward pass: the rollout once, then one answer probe per prefix.
+
+IGPO's belief after k observations is ``v_k = mean_j log p(a_j | history_k, probe_prefix, a_<j)`` over the gold answer
+tokens. The official code runs one full forward pass over ``history_k + probe`` for every k (`per_prefix_answer_logprobs`
+here, kept as the reference). Here the rollout is fed once and followed by K+1 copies of the probe; a 4-D attention mask
+lets copy k see only the first ``b_k`` rollout tokens and itself (causally), and its position ids continue from
+``b_k``, so every copy computes exactly what a separate pass over ``rollout[:b_k] + probe`` computes. Two layouts:
+
+* ``method="packed"``: one call; rollout and probe copies share one 4-D mask of size (T, T).
+* ``method="cached"``: two calls; the rollout alone (causal, the cost GRPO's old-log-prob pass already pays), then the
+  probe copies against its KV cache with a (P, L + P) mask. Same numbers, smaller mask, no wasted rollout-to-probe block.
+
+Only the probe positions that predict a scored token go through the LM head (``logits_to_keep`` with explicit
+positions), and probe tokens after the last scored one are never fed: they cannot change an earlier prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+METHODS = ("packed", "cached")
+
+
+@dataclass
+class _Row:
+    """One rollout prepared for scoring: the rollout tokens it needs, the probe inputs, and what to score."""
+
+    seq: torch.Tensor  # rollout tokens up to the longest prefix
+    bounds: list[int]  # prefix lengths b_0..b_K
+    probe_in: torch.Tensor  # probe tokens fed after each prefix (up to, not including, the last scored token)
+    targets: torch.Tensor  # scored probe tokens
+    target_offsets: torch.Tensor  # their indices in the probe
+
+    @property
+    def probe_len(self) -> int:
+        return len(self.probe_in)
+
+    @property
+    def packed_len(self) -> int:
+        return len(self.seq) + len(self.bounds) * self.probe_len
+
+
+def _as_ids(x, what: str) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if t.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{what} is empty")
+    if t.dtype == torch.bool or t.is_floating_point():
+        raise ValueError(f"{what} must hold integer token ids, got dtype {t.dtype}")
+    return t.long()
+
+
+def _prepare_row(input_ids, boundaries, probe_ids, score_mask, where: str = "") -> _Row:
+    seq = _as_ids(input_ids, f"{where}input_ids")
+    probe = _as_ids(probe_ids, f"{where}probe_ids")
+    mask = torch.as_tensor(score_mask)
+    if mask.ndim != 1 or len(mask) != len(probe):
+        raise ValueError(
+            f"{where}score_mask must be 1-D with one entry per probe token ({len(probe)}), got shape {tuple(mask.shape)}"
+        )
+    mask = mask.bool()
+    if not mask.any():
+        raise ValueError(f"{where}score_mask selects no probe token: nothing to score (is the answer empty?)")
+    bounds = [int(b) for b in boundaries]
+    if not bounds:
+        raise ValueError(f"{where}boundaries is empty: give at least one prefix length")
+    for i, b in enumerate(bounds):
+        if not 1 <= b <= len(seq):
+            raise ValueError(
+                f"{where}boundaries[{i}] = {b} is out of range: a prefix length must be in [1, len(input_ids)={len(seq)}]"
+            )
+    offsets = mask.nonzero().flatten()
+    last = int(offsets[-1])
+    return _Row(seq[: max(bounds)], bounds, probe[:last], probe[offsets], offsets)
+
+
+def _layer_windows(config) -> list[int | None]:
+    """The distinct attention windows of the model's layers: None for full attention, an int for sliding window."""
+    windows = []
+    for kind in sorted(set(getattr(config, "layer_types", None) or ["full_attention"])):
+        if kind == "full_attention":
+            windows.append(None)
+        elif kind == "sliding_attention":
+            windows.append(int(config.sliding_window))
+        else:
+            raise NotImplementedError(f"answer_logprobs does not support {kind!r} layers (model {config.model_type!r})")
+    return windows
+
+
+def _as_model_mask(allowed: torch.Tensor, q_pos, kv_pos, config, dtype) -> torch.Tensor | dict:
+    """Turn a boolean (B, Q, KV) visibility into the additive (B, 1, Q, KV) float mask(s) the model takes.
+
+    Float, not boolean: eager attention adds the mask to the scores, so a boolean mask would be added as 0/1.
+    Models with sliding-window layers get one mask per layer type (the model accepts that dict as-is).
+    """
+    masks = {}
+    for window in _layer_windows(config):
+        visible = allowed if window is None else allowed & (q_pos[:, :, None] - kv_pos[:, None, :] < window)
+        additive = torch.where(visible, torch.zeros((), dtype=dtype, device=visible.device), torch.finfo(dtype).min)
+        masks["full_attention" if window is None else "sliding_attention"] = additive[:, None]
+    return masks["full_attention"] if list(masks) == ["full_attention"] else masks
+
+
+def _layout(rows: list[_Row], seq_width: int, probe_width: int, include_seq: bool, device):
+    """Token ids, position ids and a visibility matrix for rows laid out as [rollout | probe copies], right-padded.
+
+    ``seq_width`` / ``probe_width`` are the padded widths of the two parts. With ``include_seq=False`` only the probe part
+    is queried (the rollout is in the KV cache), but keys still span both parts. Visibility is filled block by block
+    (rollout: causal; probe copy k: the first b_k rollout tokens plus itself, causally; padding: only itself, so no
+    softmax row is empty), which is far cheaper than comparing index grids of size (T, T).
+    """
+    B, W = len(rows), seq_width + probe_width
+    q0 = 0 if include_seq else seq_width
+    ids = torch.zeros(B, W, dtype=torch.long)
+    pos = torch.zeros(B, W, dtype=torch.long)
+    allowed = torch.zeros(B, W - q0, W, dtype=torch.bool)
+    allowed[:, torch.arange(W - q0), torch.arange(q0, W)] = True  # every query sees itself (all padding needs)
+    for r, row in enumerate(rows):
+        n, m = len(row.seq), row.probe_len
+        ids[r, :n] = row.seq
+        pos[r, :n] = torch.arange(n)
+        if include_seq:
+            allowed[r, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril_()
+        causal_m = torch.ones(m, m, dtype=torch.bool).tril_()
+        for k, b in enumerate(row.bounds):
+            s = seq_width + k * m
+            ids[r, s : s + m] = row.probe_in
+            pos[r, s : s + m] = torch.arange(b, b + m)
+            allowed[r, s - q0 : s - q0 + m, :b] = True
+            allowed[r, s - q0 : s - q0 + m, s : s + m] = causal_m
+    return ids[:, q0:].to(device), pos[:, q0:].to(device), allowed.to(device), pos.to(device)
+
+
+def _predictor_positions(rows: list[_Row], seq_width: int, probe_offset: int):
+    """For each row, the index of the hidden state that predicts each scored probe token, in copy order.
+
+    A probe token at offset t > 0 is predicted by probe input t-1 of its copy; offset 0 by the last prefix token
+    ``b_k - 1``, which lies in the rollout part (``probe_offset`` is where the probe part starts in the model output).
+    Returns a (B, N) index tensor padded with 0, and the per-row counts.
+    """
+    per_row = []
+    for row in rows:
+        m, idx = row.probe_len, []
+        for k, b in enumerate(row.bounds):
+            for t in row.target_offsets.tolist():
+                idx.append(b - 1 if t == 0 else probe_offset + k * m + t - 1)
+        per_row.append(idx)
+    width = max(len(i) for i in per_row)
+    out = torch.zeros(len(rows), width, dtype=torch.long)
+    for r, idx in enumerate(per_row):
+        out[r, : len(idx)] = torch.tensor(idx)
+    return out, [len(i) for i in per_row]
+
+
+def _mean_logprobs(logits: torch.Tensor, rows: list[_Row], counts: list[int]) -> list[torch.Tensor]:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    out = []
+    for r, row in enumerate(rows):
+        targets = row.targets.to(logits.device).repeat(len(row.bounds))
+        picked = logp[r, : counts[r]].gather(-1, targets[:, None]).squeeze(-1)
+        out.append(picked.view(len(row.bounds), len(row.targets)).mean(-1))
+    return out
+
+
+def _model_dtype(model) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _score_packed(model, rows: list[_Row]) -> list[torch.Tensor]:
+    device, dtype = _model_device(model), _model_dtype(model)
+    seq_width = max(len(r.seq) for r in rows)
+    probe_width = max(len(r.bounds) * r.probe_len for r in rows)
+    ids, pos, allowed, _ = _layout(rows, seq_width, probe_width, True, device)
+    mask = _as_model_mask(allowed, pos, pos, model.config, dtype)
+    keep, counts = _predictor_positions(rows, seq_width, seq_width)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep.to(device))
+    return _mean_logprobs(out.logits, rows, counts)
+
+
+@dataclass
+class _RolloutPass:
+    """The first call of ``method="cached"``: the rollouts' KV cache and the logits of predictions made inside them."""
+
+    cache: object
+    logits: torch.Tensor
+    keep: torch.Tensor
+    counts: list[int]
+    seq_width: int
+
+
+def _rollout_pass(model, rows: list[_Row]) -> _RolloutPass:
+    """The rollouts alone, plain causal attention with right padding (a 2-D mask), keeping the KV cache."""
+    from transformers import DynamicCache
+
+    if any(w is not None for w in _layer_windows(model.config)):
+        raise ValueError("method='cached' does not support sliding-window layers (their cache drops old keys); use 'packed'")
+    device = _model_device(model)
+    seq_width = max(len(r.seq) for r in rows)
+    keep, counts = _predictor_positions(rows, seq_width, seq_width)
+    seq_ids = torch.zeros(len(rows), seq_width, dtype=torch.long)
+    pad = torch.zeros(len(rows), seq_width, dtype=torch.long)
+    for r, row in enumerate(rows):
+        seq_ids[r, : len(row.seq)], pad[r, : len(row.seq)] = row.seq, 1
+    cache = DynamicCache(config=model.config)
+    first = model(
+        input_ids=seq_ids.to(device),
+        attention_mask=pad.to(device),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=torch.where(keep < seq_width, keep, 0).to(device),
+    )
+    return _RolloutPass(cache, first.logits, keep, counts, seq_width)
+
+
+def _probe_pass(model, rows: list[_Row], rollout: _RolloutPass) -> list[torch.Tensor]:
+    """All probe copies at once against the rollouts' KV cache; keys are [rollout | probe copies]."""
+    device, dtype, seq_width = _model_device(model), _model_dtype(model), rollout.seq_width
+    in_rollout = rollout.keep < seq_width
+    probe_width = max(len(r.bounds) * r.probe_len for r in rows)
+    if probe_width == 0:  # only the first probe token is scored: every prediction comes from the rollout
+        return _mean_logprobs(rollout.logits, rows, rollout.counts)
+    ids, pos, allowed, kv_pos = _layout(rows, seq_width, probe_width, False, device)
+    mask = _as_model_mask(allowed, pos, kv_pos, model.config, dtype)
+    second = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        cache=rollout.cache,
+        use_cache=True,
+        logits_to_keep=torch.where(in_rollout, 0, rollout.keep - seq_width).to(device),
+    )
+    logits = torch.where(in_rollout.to(device)[..., None], rollout.logits, second.logits)
+    return _mean_logprobs(logits, rows, rollout.counts)
+
+
+def _score_cached(model, rows: list[_Row]) -> list[torch.Tensor]:
+    return _probe_pass(model, rows, _rollout_pass(model, rows))
+
+
+def _broadcast(value, n: int, what: str) -> list:
+    """A per-rollout list, or one value shared by every rollout (a tensor or a flat list of ints/bools)."""
+    if isinstance(value, torch.Tensor) or (isinstance(value, Sequence) and value and not hasattr(value[0], "__len__")):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{what} has {len(value)} entries for {n} sequences")
+    return value
+
+
+@torch.no_grad()
+def batch_answer_logprobs(
+    model,
+    sequences: Sequence,
+    boundaries: Sequence[Sequence[int]],
+    probe_ids,
+    score_masks,
+    *,
+    method: str = "packed",
+    max_rows: int | None = None,
+) -> list[torch.Tensor]:
+    """`answer_logprobs` for a group of rollouts of different lengths, scored together.
+
+    Args:
+        model: a transformers causal LM (any mode; it is not switched to eval, and no gradient is kept).
+        sequences: one 1-D token-id sequence per rollout.
+        boundaries: per rollout, the prefix lengths after which the probe is scored (v_0..v_K).
+        probe_ids: one probe per rollout, or a single probe shared by all.
+        score_masks: per probe, a boolean mask of the scored (answer) tokens; or a single mask shared by all.
+        method: ``"packed"`` (one call, rollout and probes under one mask) or ``"cached"`` (rollouts first, then the
+            probes against their KV cache); both give the same numbers.
+        max_rows: score at most this many rollouts per forward pass (bounds memory); None = all at once.
+
+    Returns:
+        A list with, per rollout, a float32 tensor of shape ``(len(boundaries[i]),)`` on the model's device.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    n = len(sequences)
+    if n == 0:
+        return []
+    if len(boundaries) != n:
+        raise ValueError(f"boundaries has {len(boundaries)} entries for {n} sequences")
+    probes, masks = _broadcast(probe_ids, n, "probe_ids"), _broadcast(score_masks, n, "score_masks")
+    where = (lambda i: f"sequence {i}: ") if n > 1 else (lambda i: "")
+    rows = [_prepare_row(sequences[i], boundaries[i], probes[i], masks[i], where(i)) for i in range(n)]
+    score = _score_packed if method == "packed" else _score_cached
+    step = max_rows or n
+    # Rows of similar length share a pass, so padding stays small.
+    order = sorted(range(n), key=lambda i: rows[i].packed_len)
+    results: list[torch.Tensor | None] = [None] * n
+    for start in range(0, n, step):
+        chunk = order[start : start + step]
+        for i, value in zip(chunk, score(model, [rows[i] for i in chunk])):
+            results[i] = value
+    return results
+
+
+def answer_logprobs(model, input_ids, boundaries, probe_ids, score_mask, *, method: str = "packed") -> torch.Tensor:
+    """Mean log-prob of the scored probe tokens after each prefix of ``input_ids``, in one forward pass.
+
+    Args:
+        model: a transformers causal LM; used in its current mode, without gradient.
+        input_ids: 1-D token ids of the rollout.
+        boundaries: prefix lengths ``b_0..b_K`` (each in ``[1, len(input_ids)]``).
+        probe_ids: 1-D ids of the probe appended after each prefix (e.g. ``<answer> {gold} </answer>``).
+        score_mask: boolean mask over ``probe_ids``, True for the answer tokens that are scored.
+        method: ``"packed"`` or ``"cached"`` (see the module docstring).
+
+    Returns:
+        float32 tensor of shape ``(len(boundaries),)``: equal to separate forward passes over
+        ``input_ids[:b] + probe_ids`` for each ``b`` (see `per_prefix_answer_logprobs`).
+    """
+    return batch_answer_logprobs(model, [input_ids], [boundaries], [probe_ids], [score_mask], method=method)[0]
+
+
+@torch.no_grad()
+def per_prefix_answer_logprobs(model, input_ids, boundaries, probe_ids, score_mask) -> torch.Tensor:
+    """The official method, kept as the reference: one full forward pass (all logits) over prefix + probe per prefix."""
+    row = _prepare_row(input_ids, boundaries, probe_ids, score_mask)
+    seq, probe = _as_ids(input_ids, "input_ids"), _as_ids(probe_ids, "probe_ids")
+    device, values = _model_device(model), []
+    for b in row.bounds:
+        ids = torch.cat([seq[:b], probe]).to(device)
+        logp = torch.log_softmax(model(input_ids=ids[None], use_cache=False).logits[0].float(), dim=-1)
+        predictors = b - 1 + row.target_offsets.to(device)
+        values.append(logp[predictors].gather(-1, row.targets.to(device)[:, None]).mean())
+    return torch.stack(values)

@@ -1,0 +1,312 @@
+"""Local BM25 retrieval with bm25s (numba backend), with the index cached on disk by corpus content.
+
+The first construction for a corpus tokenizes it (English stopwords, Snowball stemming via PyStemmer), builds the
+bm25s index and saves it, together with the passages as an Arrow file, under
+``$IGPO_CACHE_DIR`` (default ``~/.cache/igpo/indexes``) in a directory named by the corpus content hash and the
+BM25 parameters. Every later construction for the same content memory-maps that directory instead of rebuilding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import pyarrow as pa
+import Stemmer
+from bm25s.tokenization import Tokenizer
+
+from igpo_envs.search.corpus import file_content_hash, iter_passages, passages_content_hash
+from igpo_envs.search.manifest import IndexManifest, IndexManifestError, read_manifest, write_manifest
+from igpo_envs.types import Passage
+
+__all__ = ["BM25Retriever", "default_cache_dir"]
+
+_STOPWORDS = "en"
+_STEMMER_LANGUAGE = "english"
+_PASSAGES_FILE = "passages.arrow"
+# Bump when the on-disk layout or the tokenization changes, so stale caches are rebuilt, not misread.
+_CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$IGPO_CACHE_DIR`` if set, else ``~/.cache/igpo/indexes``."""
+    env = os.environ.get("IGPO_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "igpo" / "indexes"
+
+
+def _install_cached_kernels() -> None:
+    """Give bm25s's numba retrieval kernels an on-disk cache: compiling them costs 2-10 s in every new process.
+
+    bm25s jit-compiles one Python function twice (parallel and serial) without ``cache=True``. We compile two
+    renamed copies of it with ``cache=True`` (numba names cache files after the function, so distinct names keep
+    the two compilations apart) and install them where bm25s looks them up at call time. Same code, same results,
+    for every bm25s user in this process. Best effort: another bm25s layout just keeps bm25s's own kernels.
+    """
+    try:
+        import types
+
+        import numba
+        from bm25s.numba import retrieve_utils
+
+        kernel = retrieve_utils._retrieve_internal_jitted
+        if not isinstance(kernel, types.FunctionType) or not all(
+            hasattr(retrieve_utils, name) for name in ("_retrieve_internal_jitted_parallel",
+                                                        "_retrieve_internal_jitted_serial")):
+            return
+
+        def renamed(suffix: str) -> types.FunctionType:
+            clone = types.FunctionType(kernel.__code__, kernel.__globals__, kernel.__name__ + suffix,
+                                       kernel.__defaults__, kernel.__closure__)
+            clone.__qualname__ = kernel.__qualname__ + suffix
+            clone.__kwdefaults__ = kernel.__kwdefaults__
+            return clone
+
+        retrieve_utils._retrieve_internal_jitted_parallel = numba.njit(parallel=True, cache=True)(renamed("_parallel"))
+        retrieve_utils._retrieve_internal_jitted_serial = numba.njit(nogil=True, cache=True)(renamed("_serial"))
+    except Exception:  # noqa: BLE001 - an optimisation only
+        pass
+
+
+_install_cached_kernels()
+
+# The process that started numba's parallel thread pool. A child forked after that (gymnasium's AsyncVectorEnv,
+# multiprocessing) must not use the pool: GNU OpenMP aborts in a forked child. Such children search serially.
+_PARALLEL_POOL_PID: int | None = None
+
+
+def _threads_usable(requested: int) -> int:
+    global _PARALLEL_POOL_PID
+    if requested <= 1:
+        return 1
+    pid = os.getpid()
+    if _PARALLEL_POOL_PID is None:
+        _PARALLEL_POOL_PID = pid
+    return requested if _PARALLEL_POOL_PID == pid else 1
+
+
+def _make_tokenizer() -> Tokenizer:
+    return Tokenizer(stopwords=_STOPWORDS, stemmer=Stemmer.Stemmer(_STEMMER_LANGUAGE))
+
+
+def _write_passage_table(path: Path, ids: list[str], titles: list[str], texts: list[str]) -> None:
+    # large_string: a wiki-18 scale text column exceeds the 2 GiB limit of 32-bit string offsets.
+    table = pa.table(
+        {
+            "id": pa.array(ids, pa.large_string()),
+            "title": pa.array(titles, pa.large_string()),
+            "text": pa.array(texts, pa.large_string()),
+        }
+    )
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(len(ids), 1))  # one record batch: cheap take()
+
+
+def _read_passage_table(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()  # zero-copy view of the mmapped file
+
+
+class BM25Retriever:
+    """BM25 over a passage corpus, batched, on bm25s's numba backend.
+
+    Args:
+        corpus_path: a FlashRAG / wiki-18 jsonl corpus (see :mod:`igpo_envs.search.corpus`).
+        cache_dir: where indexes are cached (default :func:`default_cache_dir`).
+        k1, b, method: BM25 parameters, as in ``bm25s.BM25`` (``method`` is one of bm25s's scoring variants).
+        n_threads: numba threads for a batch of queries (default: every CPU). Single queries run serially.
+
+    Attributes:
+        content_hash: sha256 of the corpus file's bytes (or, for :meth:`from_passages`, of the passages' ids,
+            titles and texts).
+        num_passages: number of indexed passages.
+        index_dir: the cache directory of this index.
+        loaded_from_cache: True if the index was loaded from ``index_dir`` rather than built by this construction.
+
+    ``search`` returns, per query, up to ``topk`` passages that share at least one term with the query, best first,
+    with their BM25 scores. A query none of whose terms occur in the corpus (e.g. only stopwords) gets ``[]``:
+    documents are never padded in with a score of zero.
+    """
+
+    def __init__(
+        self,
+        corpus_path: str | os.PathLike[str],
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        k1: float = 1.5,
+        b: float = 0.75,
+        method: str = "lucene",
+        n_threads: int | None = None,
+    ) -> None:
+        corpus_path = Path(corpus_path)
+        if not corpus_path.is_file():
+            raise FileNotFoundError(f"corpus file not found: {corpus_path}")
+        self._setup(
+            content_hash=file_content_hash(corpus_path),
+            passages=lambda: iter_passages(corpus_path),
+            source=str(corpus_path.resolve()),
+            cache_dir=cache_dir,
+            k1=k1,
+            b=b,
+            method=method,
+            n_threads=n_threads,
+        )
+
+    @classmethod
+    def from_passages(
+        cls,
+        passages: Iterable[Passage],
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        k1: float = 1.5,
+        b: float = 0.75,
+        method: str = "lucene",
+        n_threads: int | None = None,
+    ) -> BM25Retriever:
+        """Index in-memory passages (cached on disk by a hash of their ids, titles and texts)."""
+        passages = list(passages)
+        self = cls.__new__(cls)
+        self._setup(
+            content_hash=passages_content_hash(passages),
+            passages=lambda: passages,
+            source="<passages>",
+            cache_dir=cache_dir,
+            k1=k1,
+            b=b,
+            method=method,
+            n_threads=n_threads,
+        )
+        return self
+
+    # -- construction ---------------------------------------------------------------------------------------------
+
+    def _setup(self, *, content_hash, passages, source, cache_dir, k1, b, method, n_threads) -> None:
+        self.content_hash: str = content_hash
+        self.n_threads = max(1, int(n_threads) if n_threads is not None else (os.cpu_count() or 1))
+        params = {"k1": k1, "b": b, "method": method, "stopwords": _STOPWORDS, "stemmer": _STEMMER_LANGUAGE,
+                  "cache_format": _CACHE_FORMAT, "bm25s": ".".join(bm25s.__version__.split(".")[:2])}
+        params_key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.index_dir: Path = cache_root / f"bm25s-{content_hash[:24]}-{params_key[:8]}"
+
+        self.loaded_from_cache = self._cache_is_valid()
+        if not self.loaded_from_cache:
+            self._build(passages(), source, params, cache_root)
+        self._load()
+
+    def _cache_is_valid(self) -> bool:
+        try:
+            manifest = read_manifest(self.index_dir)
+            manifest.check_corpus(self.content_hash, index_dir=self.index_dir)
+        except IndexManifestError:
+            return False
+        return manifest.engine == "bm25s" and (self.index_dir / _PASSAGES_FILE).is_file()
+
+    def _build(self, passages: Iterable[Passage], source: str, params: dict, cache_root: Path) -> None:
+        ids, titles, texts = [], [], []
+        for p in passages:
+            ids.append(p.id)
+            titles.append(p.title)
+            texts.append(p.text)
+        if not ids:
+            raise ValueError(f"cannot build a BM25 index over an empty corpus ({source})")
+
+        tokenizer = _make_tokenizer()
+        # Index title and text together, as Search-R1's and FlashRAG's BM25 indexes do with `contents`.
+        contents = (f"{t}\n{x}" for t, x in zip(titles, texts))
+        corpus_ids = list(tokenizer.streaming_tokenize(contents, update_vocab=True))
+        model = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"], backend="numba")
+        model.index((corpus_ids, tokenizer.get_vocab_dict()), show_progress=False)
+        del corpus_ids
+
+        # Build in a private directory and rename it into place, so a crash or a concurrent builder never leaves
+        # a half-written index where a later start would trust it.
+        cache_root.mkdir(parents=True, exist_ok=True)
+        tmp = cache_root / f".{self.index_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            model.save(str(tmp), show_progress=False)
+            _write_passage_table(tmp / _PASSAGES_FILE, ids, titles, texts)
+            manifest = IndexManifest(engine="bm25s", corpus_sha256=self.content_hash, num_docs=len(ids),
+                                     parameters=params, corpus_path=source)
+            write_manifest(tmp, manifest)
+            if self.index_dir.exists():  # a stale or concurrent index: replace only if it is not valid
+                if self._cache_is_valid():
+                    return
+                shutil.rmtree(self.index_dir)
+            os.replace(tmp, self.index_dir)
+        except OSError:
+            if not self._cache_is_valid():  # lost a race to an identical build: fine; anything else: raise
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _load(self) -> None:
+        self._bm25 = bm25s.BM25.load(str(self.index_dir), mmap=True, load_corpus=False, show_progress=False)
+        self._bm25.backend = "numba"
+        table = _read_passage_table(self.index_dir / _PASSAGES_FILE)
+        self._ids, self._titles, self._texts = (table.column(name) for name in ("id", "title", "text"))
+        self.num_passages: int = table.num_rows
+        # Queries map words straight to the index's stem ids; unseen words are stemmed once and cached by bm25s.
+        self._tokenizer = _make_tokenizer()
+        self._tokenizer.stem_to_sid = dict(self._bm25.vocab_dict)
+        self._tokenizer.stem_to_sid.pop("", None)  # "" scores every document 0: no-term queries return []
+        self._parallel_lock = threading.Lock()  # numba's workqueue threading layer is not re-entrant
+
+    def __getstate__(self) -> dict:
+        # Pickle by reference to the on-disk index (spawned vector-env workers re-open it with mmap).
+        return {"index_dir": self.index_dir, "content_hash": self.content_hash, "n_threads": self.n_threads,
+                "loaded_from_cache": self.loaded_from_cache}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if not self._cache_is_valid():
+            raise FileNotFoundError(f"BM25 index {self.index_dir} (content hash {self.content_hash}) is gone; "
+                                    f"it must stay on disk while pickled retrievers use it")
+        self._load()
+
+    # -- retrieval ------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.num_passages
+
+    def __repr__(self) -> str:
+        return f"BM25Retriever(num_passages={self.num_passages}, content_hash={self.content_hash[:12]}…)"
+
+    def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
+        if isinstance(queries, str):
+            raise TypeError("search() takes a sequence of queries; wrap a single query in a list")
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        results: list[list[Passage]] = [[] for _ in queries]
+        token_ids = list(self._tokenizer.streaming_tokenize(queries, update_vocab=False, allow_empty=False))
+        asked = [i for i, ids in enumerate(token_ids) if ids]
+        if not asked:
+            return results
+
+        k = min(topk, self.num_passages)
+        threads = _threads_usable(self.n_threads)  # > 1 takes the (disk-cached) parallel kernel, even for one query
+        kwargs = dict(k=k, n_threads=threads, show_progress=False, return_as="tuple")
+        if threads > 1:
+            with self._parallel_lock:
+                docs, scores = self._bm25.retrieve([token_ids[i] for i in asked], **kwargs)
+        else:
+            docs, scores = self._bm25.retrieve([token_ids[i] for i in asked], **kwargs)
+
+        matched = scores > 0  # rows are sorted best first, so the matches are a prefix of each row
+        rows = pa.array(docs[matched], pa.int64())
+        ids = self._ids.take(rows).to_pylist()
+        titles = self._titles.take(rows).to_pylist()
+        texts = self._texts.take(rows).to_pylist()
+        flat_scores = scores[matched].tolist()
+        start = 0
+        for qi, n in zip(asked, np.count_nonzero(matched, axis=1).tolist()):
+            end = start + n
+            results[qi] = [Passage(ids[j], titles[j], texts[j], flat_scores[j]) for j in range(start, end)]
+            start = end
+        return results

@@ -1,0 +1,94 @@
+"""Index manifests: what an on-disk index was built from, so it is never served against another corpus.
+
+Every index directory written by ``igpo-index build`` holds ``igpo_index.json``::
+
+    {"format": 1, "engine": "tantivy", "corpus_sha256": "...", "corpus_path": "...", "num_docs": 1000,
+     "parameters": {...}, "created": "2026-...Z", "igpo_version": "0.1.0"}
+
+Opening an index for a corpus compares the corpus's sha256 with the manifest's and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "igpo_index.json"
+MANIFEST_FORMAT = 1
+ENGINES = ("bm25s", "tantivy")
+
+
+class IndexManifestError(ValueError):
+    """An index directory has no readable manifest, or its manifest does not match what it is asked to serve."""
+
+
+def igpo_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("igpo")
+    except Exception:  # not installed (running from a source tree)
+        return "unknown"
+
+
+@dataclass
+class IndexManifest:
+    """What one index directory contains and how it was built."""
+
+    engine: str
+    corpus_sha256: str
+    num_docs: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+    corpus_path: str = ""
+    created: str = ""
+    igpo_version: str = ""
+    format: int = MANIFEST_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise IndexManifestError(f"unknown index engine {self.engine!r}; expected one of {ENGINES}")
+        if not self.created:
+            self.created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if not self.igpo_version:
+            self.igpo_version = igpo_version()
+
+    def check_corpus(self, corpus_sha256: str, *, index_dir: str | Path = "", corpus_path: str | Path = "") -> None:
+        """Raise :class:`IndexManifestError` naming both hashes unless the index was built from this corpus."""
+        if corpus_sha256 != self.corpus_sha256:
+            raise IndexManifestError(
+                f"index {str(index_dir) or '(unnamed)'} was built from corpus sha256 {self.corpus_sha256} "
+                f"({self.corpus_path or 'unknown path'}), but it is asked to serve corpus sha256 {corpus_sha256} "
+                f"({corpus_path or 'unknown path'}); rebuild it with `igpo-index build --corpus {corpus_path or 'PATH'} "
+                f"--engine {self.engine} --out DIR`"
+            )
+
+
+def write_manifest(index_dir: str | Path, manifest: IndexManifest) -> Path:
+    path = Path(index_dir) / MANIFEST_NAME
+    path.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_manifest(index_dir: str | Path) -> IndexManifest:
+    """Load ``index_dir/igpo_index.json``; a missing or malformed manifest is an :class:`IndexManifestError`."""
+    path = Path(index_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise IndexManifestError(
+            f"{path} not found: {index_dir} is not an index built by `igpo-index build` (or the build did not finish)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexManifestError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(data, dict):
+        raise IndexManifestError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != MANIFEST_FORMAT:
+        raise IndexManifestError(f"{path}: manifest format {data.get('format')!r}, this igpo reads {MANIFEST_FORMAT}")
+    missing = [k for k in ("engine", "corpus_sha256", "num_docs") if k not in data]
+    if missing:
+        raise IndexManifestError(f"{path}: missing field(s) {', '.join(missing)}")
+    known = {k: data[k] for k in IndexManifest.__dataclass_fields__ if k in data}
+    return IndexManifest(**known)

@@ -1,0 +1,176 @@
+"""`SearchQAVectorEnv`: a native vector env whose step answers all sub-env searches with one retriever call.
+
+Registered as the ``vector_entry_point`` of every ``igpo/`` id, so
+``gym.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")`` builds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.envs.registration import load_env_creator
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from igpo_envs.env import SearchQAEnv, step_batch
+
+
+def _per_env(value: Any, num_envs: int, name: str) -> list[Any]:
+    """An option given once for all sub-envs, or as a sequence with one entry per sub-env."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != num_envs:
+            raise ValueError(f"options[{name!r}] has {len(value)} entries, expected num_envs={num_envs}")
+        return list(value)
+    return [value] * num_envs
+
+
+class SearchQAVectorEnv(VectorEnv):
+    """
+    ``num_envs`` `SearchQAEnv` sub-envs stepped together: every step parses all actions, then issues one batched
+    ``retriever.search`` for all searching sub-envs (see `igpo_envs.env.step_batch`).
+
+    Observations are a tuple of strings (as `SyncVectorEnv` gives for `spaces.Text`); rewards, terminations and
+    truncations are numpy arrays; infos are batched the Gymnasium way (``info[key]`` arrays with ``info["_key"]``
+    masks).
+
+    Reset options (scalars apply to every sub-env, sequences give one value per sub-env):
+    ``question_index`` / ``question_id`` pin questions, e.g. ``{"question_index": [i, i, i, i, j, j, j, j]}`` for two
+    GRPO groups of four; ``reset_mask`` (a bool array) resets only some sub-envs.
+
+    Autoreset follows `gymnasium.vector.AutoresetMode`:
+    - ``NEXT_STEP`` (default): a sub-env that ended is reset on the following ``step`` (its action is ignored, reward
+      0, not done).
+    - ``SAME_STEP``: an ended sub-env is reset within the step; its last observation and info are in
+      ``info["final_obs"]`` / ``info["final_info"]``.
+    - ``DISABLED``: reset sub-envs yourself with ``reset(options={"reset_mask": ...})``. A sub-env that ended and was
+      not reset is skipped: its action is ignored and it returns ``""``, reward 0 and its previous done flags (this
+      lets evaluators drain a fixed list of episodes without stepping finished sub-envs).
+
+    Args:
+        num_envs: number of sub-envs.
+        env_fn: builds the first sub-env from ``env_kwargs`` (a callable or ``"module:function"``); the others are
+            `SearchQAEnv.spawn` siblings sharing its questions and retriever.
+        autoreset_mode: an `AutoresetMode` (or its string value).
+        **env_kwargs: arguments of ``env_fn``.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        num_envs: int,
+        env_fn: Callable[..., SearchQAEnv] | str = SearchQAEnv,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        **env_kwargs: Any,
+    ):
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if isinstance(env_fn, str):
+            env_fn = load_env_creator(env_fn)
+        first = env_fn(**env_kwargs)
+        if not isinstance(first.unwrapped, SearchQAEnv):
+            raise TypeError(f"env_fn must build a SearchQAEnv, got {type(first)}")
+        self.envs: list[SearchQAEnv] = [first.unwrapped] + [first.unwrapped.spawn() for _ in range(int(num_envs) - 1)]
+        self.num_envs = int(num_envs)
+        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        self.render_mode = first.render_mode
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._obs: list[str] = [""] * self.num_envs
+        self._terminations = np.zeros(self.num_envs, dtype=np.bool_)
+        self._truncations = np.zeros(self.num_envs, dtype=np.bool_)
+        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
+        #: The latest info dict of each sub-env, unbatched (what per-episode agents and evaluators read).
+        self.last_infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+
+    # Shared settings, read by agents and the trainer.
+    @property
+    def items(self):
+        return self.envs[0].items
+
+    @property
+    def protocol(self) -> str:
+        return self.envs[0].protocol
+
+    @property
+    def retriever(self):
+        return self.envs[0].retriever
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
+        options = dict(options or {})
+        if seed is None:
+            seeds = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"got {len(seeds)} seeds for num_envs={self.num_envs}")
+        mask = options.pop("reset_mask", None)
+        if mask is None:
+            mask = np.ones(self.num_envs, dtype=np.bool_)
+        else:
+            mask = np.asarray(mask)
+            if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
+                raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},)")
+        per_env = {key: _per_env(value, self.num_envs, key) for key, value in options.items()}
+        infos: dict[str, Any] = {}
+        for i in np.flatnonzero(mask):
+            env_options = {key: values[i] for key, values in per_env.items()}
+            self._obs[i], info = self.envs[i].reset(seed=seeds[i], options=env_options)
+            self.last_infos[i] = info
+            infos = self._add_info(infos, info, i)
+        self._terminations[mask] = False
+        self._truncations[mask] = False
+        self._autoreset[mask] = False
+        return tuple(self._obs), infos
+
+    def step(self, actions: Sequence[str]):
+        actions = list(actions)
+        if len(actions) != self.num_envs:
+            raise ValueError(f"got {len(actions)} actions for num_envs={self.num_envs}")
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        infos: dict[str, Any] = {}
+        stepping = []
+        for i in range(self.num_envs):
+            if not self._autoreset[i]:
+                stepping.append(i)
+            elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                self._obs[i], info = self.envs[i].reset()
+                self._terminations[i] = self._truncations[i] = False
+                self.last_infos[i] = info
+                infos = self._add_info(infos, info, i)
+            else:  # DISABLED: an ended sub-env that was not reset is skipped
+                self._obs[i] = ""
+        results = step_batch([self.envs[i] for i in stepping], [actions[i] for i in stepping])
+        for i, (obs, reward, terminated, truncated, info) in zip(stepping, results):
+            rewards[i] = reward
+            self._terminations[i], self._truncations[i] = terminated, truncated
+            if self.autoreset_mode == AutoresetMode.SAME_STEP and (terminated or truncated):
+                infos = self._add_info(infos, {"final_obs": obs, "final_info": info}, i)
+                obs, info = self.envs[i].reset()
+            self._obs[i] = obs
+            self.last_infos[i] = info
+            infos = self._add_info(infos, info, i)
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
+            self._autoreset[:] = False
+        else:
+            self._autoreset = self._terminations | self._truncations
+        return tuple(self._obs), rewards, self._terminations.copy(), self._truncations.copy(), infos
+
+    def render(self) -> tuple[Any, ...]:
+        return tuple(env.render() for env in self.envs)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def make_vector_env(num_envs: int, env_fn: Callable[..., SearchQAEnv] | str = SearchQAEnv, **kwargs: Any):
+    """Build a `SearchQAVectorEnv` (what ``vector_entry_point`` calls)."""
+    return SearchQAVectorEnv(num_envs=num_envs, env_fn=env_fn, **kwargs)

@@ -1,0 +1,357 @@
+"""Batched multi-turn rollouts on the igpo envs, information-gain turn rewards, and per-token advantages.
+
+One rollout batch (prompts × G rollouts) runs turn by turn: ONE generation call for all live rollouts, ONE
+``step_batch`` call (one retriever call) for their actions, observation tokens appended to each context with loss
+weight 0 (``env_mask`` 0), the policy's tokens with weight 1. After the episodes, the beliefs v_0..v_K of every rollout
+are scored in one packed, no-grad forward (``batch_answer_logprobs``) under the policy at rollout time; each tool turn's
+reward is its information gain and the last turn's is the env's outcome (answer F1 or the format penalty).
+
+Generation is behind the `TurnGenerator` protocol so the same episode loop runs with transformers ``generate`` (CPU,
+tests) or with TRL's vLLM backend (``trainer.vllm_generation``, server or colocate mode; see `VLLMTurnGenerator`).
+
+Token bookkeeping of one completion (everything after the prompt):
+
+    policy turn 0 | observation 0 | policy turn 1 | observation 1 | ... | final policy turn | [EOS]
+    env_mask   1  |      0        |       1       |       0       | ... |         1         |   0
+    token_turn 0  |     -1        |       1       |      -1       | ... |         T-1       |  -1
+
+The final turn never has an observation after it; the EOS closing an episode is added by us (mask 0) when the policy
+stopped at a closing tag, so TRL does not count the episode as clipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from igpo_trainer.advantages import turn_advantages
+
+# A policy turn ends at the closing tag of its action (or at EOS).
+STOP_STRINGS = {"tag": ("</search>", "</answer>", "</browse>"), "tool_call": ("</tool_call>", "</answer>")}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Episode record
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Episode:
+    """One multi-turn rollout: its tokens, masks, turn bookkeeping and per-episode statistics."""
+
+    prompt_ids: list[int]
+    golden_answers: tuple[str, ...]
+    question_index: int = -1
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)  # 1 = policy token (trained), 0 = observation / added token
+    token_turn: list[int] = field(default_factory=list)  # turn of each completion token; -1 for non-policy tokens
+    logprobs: list[float] | None = None  # sampling log-probs per completion token (vLLM); None with transformers
+    belief_boundaries: list[int] = field(default_factory=list)  # prefix lengths after which v_0..v_K are scored
+    num_turns: int = 0
+    num_searches: int = 0
+    done: bool = False
+    budget_exhausted: bool = False  # the completion hit max_completion_length before the episode ended
+    outcome: float = 0.0
+    em: float = 0.0
+    f1: float = 0.0
+    format_error: bool = False
+    gold_recall: float = float("nan")
+    info_gains: list[float] = field(default_factory=list)
+    turn_rewards: list[float] = field(default_factory=list)
+
+    @property
+    def context(self) -> list[int]:
+        return self.prompt_ids + self.completion_ids
+
+    def add_tokens(self, ids: Sequence[int], *, policy_turn: int | None, logprobs: Sequence[float] | None = None):
+        """Append tokens; ``policy_turn`` = the turn index for policy tokens, None for observation/added tokens."""
+        ids = list(ids)
+        self.completion_ids += ids
+        self.env_mask += [0 if policy_turn is None else 1] * len(ids)
+        self.token_turn += [-1 if policy_turn is None else policy_turn] * len(ids)
+        if self.logprobs is not None or logprobs is not None:
+            self.logprobs = (self.logprobs or [0.0] * (len(self.completion_ids) - len(ids))) + list(
+                logprobs if logprobs is not None else [0.0] * len(ids)
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation backends
+# --------------------------------------------------------------------------------------------------------------------
+class TurnGenerator(Protocol):
+    """Generates one policy turn for each context; returns (new token ids, sampling logprobs or None) per context."""
+
+    def __call__(self, contexts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], list[float] | None]]:
+        ...
+
+
+class HFTurnGenerator:
+    """One left-padded ``model.generate`` call per turn for all live rollouts, stopping at the protocol's closing tags.
+
+    ``generation_config`` carries the sampling settings (temperature, top_k, top_p, ...; TRL builds it from the
+    GRPOConfig, so HF's top_k=50 default is not silently applied).
+    """
+
+    def __init__(self, model, tokenizer, generation_config, stop_strings: Sequence[str], eos_token_ids: Sequence[int]):
+        self.model, self.tokenizer = model, tokenizer
+        self.generation_config = generation_config
+        self.stop_strings = list(stop_strings)
+        self.eos_token_ids = set(eos_token_ids)
+        self.pad_token_id = tokenizer.pad_token_id
+
+    @torch.no_grad()
+    def __call__(self, contexts, max_new_tokens):
+        if not contexts:
+            return []
+        width = max(len(c) for c in contexts)
+        device = self.model.device
+        input_ids = torch.full((len(contexts), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(contexts), width), dtype=torch.long)
+        for row, ids in enumerate(contexts):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        config = copy.deepcopy(self.generation_config)
+        config.max_new_tokens, config.stop_strings = max_new_tokens, self.stop_strings
+        output = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            generation_config=config,
+            tokenizer=self.tokenizer,
+        )
+        return [(self._cut(row.tolist()), None) for row in output[:, width:].cpu()]
+
+    def _cut(self, ids: list[int]) -> list[int]:
+        """The tokens of one finished row: up to and including the first EOS, else up to its trailing padding."""
+        for pos, token in enumerate(ids):
+            if token in self.eos_token_ids:
+                text_before = self.tokenizer.decode(ids[:pos])
+                # When pad == eos, the "EOS" after a stop string is padding, not a token the policy chose.
+                if self.pad_token_id in self.eos_token_ids and any(text_before.endswith(s) for s in self.stop_strings):
+                    return ids[:pos]
+                return ids[: pos + 1]
+        while ids and ids[-1] == self.pad_token_id:
+            ids = ids[:-1]
+        return ids
+
+
+class VLLMTurnGenerator:
+    """Turn generation through TRL's vLLM backend (``trainer.vllm_generation``, server or colocate mode).
+
+    The per-turn stop strings go into vLLM's SamplingParams through ``GRPOConfig.generation_kwargs`` (`IGPOTrainer`
+    adds ``stop`` and ``include_stop_str_in_output``), and vLLM's ``max_tokens`` per call is ``max_completion_length``.
+    In server mode every process must call ``generate`` the same number of times, so the episode loop keeps calling
+    with an empty list on processes whose episodes have all ended (see `run_episodes`, ``sync``).
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def __call__(self, contexts, max_new_tokens):
+        _, completion_ids, logprobs, _ = self.trainer.vllm_generation.generate(
+            prompts=contexts, images=None, num_generations=1
+        )
+        return [(list(ids), [lp[0] for lp in lps]) for ids, lps in zip(completion_ids, logprobs)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Episode loop
+# --------------------------------------------------------------------------------------------------------------------
+def observation_text(observation: str) -> str:
+    """How an observation is spliced into the running completion (Search-R1 style: inline, on its own lines)."""
+    return "\n" + observation.strip() + "\n"
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """Token ids of the task prompt, through the chat template when the tokenizer has one."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return tokenizer("\n".join(m["content"] for m in messages), add_special_tokens=False)["input_ids"]
+
+
+def run_episodes(
+    envs: Sequence,
+    question_indices: Sequence[int],
+    generate: TurnGenerator,
+    tokenizer,
+    *,
+    step_batch,
+    max_turns: int,
+    max_turn_length: int,
+    max_completion_length: int,
+    eos_token_id: int,
+    sync=None,
+) -> list[Episode]:
+    """Play one episode per env (env i on question ``question_indices[i]``), all turns batched.
+
+    ``envs`` are unwrapped `SearchQAEnv` instances (``step_batch`` calls their private parse/finish steps).
+    ``step_batch(envs, actions)`` steps several envs with one retriever call. ``sync(any_live) -> bool`` (optional)
+    makes the loop continue while any process still has live episodes (needed by vLLM server mode).
+    """
+    episodes = []
+    for env, index in zip(envs, question_indices, strict=True):
+        observation, _ = env.reset(options={"question_index": int(index)})
+        item = env.unwrapped.item
+        episode = Episode(encode_prompt(tokenizer, observation), tuple(item.golden_answers), int(index))
+        episode.belief_boundaries.append(len(episode.prompt_ids))  # v_0: the question only
+        episodes.append(episode)
+
+    for turn in range(max_turns):
+        live = [i for i, e in enumerate(episodes) if not e.done]
+        if not (sync(bool(live)) if sync is not None else live):
+            break
+        budgets = [max_completion_length - len(episodes[i].completion_ids) for i in live]
+        outputs = generate([episodes[i].context for i in live], min(max_turn_length, max([1, *budgets])))
+        actions = []
+        for i, budget, (ids, logprobs) in zip(live, budgets, outputs, strict=True):
+            if len(ids) >= budget:  # the completion is full: this turn is the last, cut to what fits
+                ids, logprobs = ids[:budget], (logprobs[:budget] if logprobs is not None else None)
+                episodes[i].budget_exhausted = True
+            episodes[i].add_tokens(ids, policy_turn=turn, logprobs=logprobs)
+            episodes[i].num_turns += 1
+            actions.append(tokenizer.decode(ids, skip_special_tokens=True))
+        results = step_batch([envs[i] for i in live], actions) if live else []
+        for i, (observation, reward, terminated, truncated, info) in zip(live, results, strict=True):
+            _record_step(episodes[i], observation, reward, terminated, truncated, info, tokenizer,
+                         max_completion_length=max_completion_length, eos_token_id=eos_token_id,
+                         last_turn=turn == max_turns - 1)
+    return episodes
+
+
+def _record_step(episode, observation, reward, terminated, truncated, info, tokenizer, *,
+                 max_completion_length, eos_token_id, last_turn):
+    action = info.get("action") or {}
+    if action.get("kind") in ("search", "browse"):
+        episode.num_searches += 1
+    if not (terminated or truncated):
+        if not (episode.budget_exhausted or last_turn):
+            obs_ids = tokenizer(observation_text(observation), add_special_tokens=False)["input_ids"]
+            if len(episode.completion_ids) + len(obs_ids) < max_completion_length:
+                episode.add_tokens(obs_ids, policy_turn=None)
+                episode.belief_boundaries.append(len(episode.context))  # v_k: after the k-th observation
+                return
+            episode.budget_exhausted = True
+        # Out of turns or tokens without an answer: reward 0, as the env gives when its own turn limit truncates.
+        reward = 0.0
+    episode.done = True
+    episode.outcome = float(reward)
+    episode.em = float(info.get("em", 0.0) or 0.0)
+    episode.f1 = float(info.get("f1", 0.0) or 0.0)
+    episode.format_error = action.get("kind") == "invalid"
+    recall = info.get("gold_recall")
+    episode.gold_recall = float(recall) if recall is not None else float("nan")
+    ended_cleanly = episode.completion_ids and episode.completion_ids[-1] == eos_token_id
+    if not episode.budget_exhausted and not ended_cleanly:
+        episode.add_tokens([eos_token_id], policy_turn=None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Information gain and turn rewards
+# --------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def score_beliefs(model, tokenizer, episodes: Sequence[Episode], *, protocol: str, probe_style: str):
+    """Beliefs v_0..v_K of every episode in one packed no-grad forward: mean log-prob of the first gold alias."""
+    from igpo_envs.information_gain import first_alias, tokenize_probe
+    from igpo_trainer.scoring import batch_answer_logprobs
+
+    sequences, boundaries, probes, masks = [], [], [], []
+    for episode in episodes:
+        probe, mask = tokenize_probe(tokenizer, first_alias(episode.golden_answers), protocol, probe_style)
+        sequences.append(torch.tensor(episode.context, dtype=torch.long))
+        boundaries.append(list(episode.belief_boundaries))
+        probes.append(torch.tensor(probe, dtype=torch.long))
+        masks.append(torch.tensor(mask, dtype=torch.bool))
+    return batch_answer_logprobs(model, sequences, boundaries, probes, masks)
+
+
+def assign_turn_rewards(
+    episodes: Sequence[Episode],
+    beliefs: Sequence[torch.Tensor] | None,
+    *,
+    info_gain_type: str = "prob_diff",
+    ig_clip: float | None = None,
+) -> None:
+    """turn_rewards = [IG of each tool turn that got an observation] + [outcome]; just [outcome] when beliefs is None."""
+    from igpo_trainer.scoring import information_gains
+
+    for n, episode in enumerate(episodes):
+        if beliefs is None:
+            episode.turn_rewards = [episode.outcome]
+            continue
+        gains = [float(g) for g in information_gains(beliefs[n], info_gain_type)]
+        if ig_clip is not None:
+            gains = [max(-ig_clip, min(ig_clip, g)) for g in gains]
+        episode.info_gains = gains
+        episode.turn_rewards = gains + [episode.outcome]
+        if len(episode.turn_rewards) != episode.num_turns:
+            raise RuntimeError(
+                f"episode on question {episode.question_index}: {len(gains)} observed tool turns + 1 outcome "
+                f"!= {episode.num_turns} turns (rollout bookkeeping bug)"
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Advantages per token
+# --------------------------------------------------------------------------------------------------------------------
+def broadcast_turn_advantages(token_turn: Sequence[int], advantages: Sequence[float]) -> list[float]:
+    """Per-token advantages: each policy token of turn t gets A_t; observation tokens get 0.
+
+    A single advantage (outcome-only GRPO) is broadcast to every turn.
+    """
+    if len(advantages) == 1:
+        return [advantages[0] if t >= 0 else 0.0 for t in token_turn]
+    return [advantages[t] if t >= 0 else 0.0 for t in token_turn]
+
+
+def group_turn_advantages(
+    turn_rewards: Sequence[Sequence[float]],
+    num_generations: int,
+    *,
+    gamma: float,
+    norm: str,
+    std_floor: float = 0.0,
+) -> tuple[list[list[float]], float]:
+    """Turn advantages for consecutive groups of ``num_generations`` rollouts, and the share of all-zero groups."""
+    if len(turn_rewards) % num_generations:
+        raise ValueError(f"{len(turn_rewards)} rollouts do not split into groups of {num_generations}")
+    advantages, collapsed = [], 0
+    for start in range(0, len(turn_rewards), num_generations):
+        group = turn_advantages(
+            turn_rewards[start : start + num_generations], gamma=gamma, norm=norm, std_floor=std_floor
+        )
+        collapsed += all(abs(a) < 1e-8 for turns in group for a in turns)
+        advantages += group
+    return advantages, collapsed / max(1, len(turn_rewards) // num_generations)
+
+
+def episode_metrics(episodes: Sequence[Episode]) -> dict[str, Any]:
+    """Per-episode statistics the trainer logs (averaged over the batch by the caller)."""
+    searches_turns = [g for e in episodes for g in e.info_gains]
+    return {
+        "f1": [e.f1 for e in episodes],
+        "em": [e.em for e in episodes],
+        "outcome": [e.outcome for e in episodes],
+        "turns": [e.num_turns for e in episodes],
+        "searches": [e.num_searches for e in episodes],
+        "format_error": [float(e.format_error) for e in episodes],
+        "gold_recall": [e.gold_recall for e in episodes],
+        "info_gain": searches_turns,
+    }
+
+
+class Timer:
+    """Accumulates wall-clock seconds of a named phase (IG scoring's share of the step is logged)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds += time.perf_counter() - self._start

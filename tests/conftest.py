@@ -1,0 +1,67 @@
+"""Shared fixtures. Keep it small: add your fixture with a minimal edit."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from igpo_envs.types import Passage, QAItem  # noqa: E402
+
+
+class KeywordRetriever:
+    """A tiny in-test `Retriever` for env-logic tests: ranks passages by word overlap (real retrieval is tested
+    in the search tests). Counts its batched calls so tests can check one call per vector step."""
+
+    content_hash = "keyword-test-corpus"
+
+    def __init__(self, passages):
+        self.passages = list(passages)
+        self.calls: list[list[str]] = []
+
+    def search(self, queries, topk):
+        self.calls.append(list(queries))
+        results = []
+        for query in queries:
+            words = set(query.lower().split())
+            overlap = [len(words & set(f"{p.title} {p.text}".lower().split())) for p in self.passages]
+            ranked = sorted((i for i in range(len(self.passages)) if overlap[i]), key=lambda i: -overlap[i])[:topk]
+            results.append([Passage(self.passages[i].id, self.passages[i].title, self.passages[i].text,
+                                    float(overlap[i])) for i in ranked])
+        return results
+
+
+PASSAGES = [
+    Passage("p0", "Zorblat", "Zorblat is a fictional planet orbiting the star Quenn."),
+    Passage("p1", "Quenn", "Quenn is a star whose discoverer was Ada Lindqvist."),
+    Passage("p2", "Ada Lindqvist", "Ada Lindqvist was an astronomer born in Uppsala, Sweden."),
+    Passage("p3", "Uppsala", "Uppsala is a city in Sweden — home of an old university (Ångström lab)."),
+]
+ITEMS = [
+    QAItem("q0", "Which star does Zorblat orbit?", ("Quenn",), "toy", ("p0",), ("Zorblat",),
+           {"oracle_queries": ["Zorblat planet"]}),
+    QAItem("q1", "Where was the discoverer of the star Quenn born?", ("Uppsala", "Uppsala, Sweden"), "toy",
+           ("p1", "p2"), ("Quenn", "Ada Lindqvist"), {"oracle_queries": ["Quenn star discoverer", "Ada Lindqvist"]}),
+    QAItem("q2", "Which country is Uppsala in?", ("Sweden",), "toy"),
+]
+
+
+@pytest.fixture
+def toy_items():
+    return list(ITEMS)
+
+
+@pytest.fixture
+def toy_retriever():
+    return KeywordRetriever(PASSAGES)
+
+
+@pytest.fixture
+def toy_env(toy_items, toy_retriever):
+    from igpo_envs.env import SearchQAEnv
+
+    return SearchQAEnv(questions=toy_items, retriever=toy_retriever, max_turns=4)

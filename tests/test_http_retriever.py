@@ -1,0 +1,243 @@
+"""The Search-R1 HTTP protocol, both sides: our server (started for real on 127.0.0.1) and our client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import requests
+from local_http import LocalServer, Response
+
+from igpo_envs.search.base import Retriever, RetrieverError
+from igpo_envs.search.bm25 import BM25Retriever
+from igpo_envs.search.http import HTTPRetriever, parse_retrieve_response
+from igpo_envs.search.server import build_parser, main, serve
+from igpo_envs.types import Passage
+
+SAMPLE = Path(str(resources.files("igpo_envs") / "data" / "wiki18_sample.jsonl"))
+QUERIES = ["Evan Morris lobbyist", "Twycross Zoo chimpanzees", "the of and", "television series"]
+
+
+@pytest.fixture(scope="module")
+def bm25(tmp_path_factory) -> BM25Retriever:
+    return BM25Retriever(SAMPLE, cache_dir=tmp_path_factory.mktemp("bm25cache"))
+
+
+@pytest.fixture(scope="module")
+def server(bm25):
+    srv = serve(bm25, "127.0.0.1", 0)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # released on close: nothing listens there
+
+
+def json_response(payload, status=200) -> Response:
+    return Response(status, json.dumps(payload), {"Content-Type": "application/json"})
+
+
+# -- our client against our server ------------------------------------------------------------------------------------
+
+
+def test_client_matches_the_local_retriever(server, bm25):
+    assert server.server_address[0] == "127.0.0.1" and server.server_address[1] > 0
+    client = HTTPRetriever(server.url)
+    assert isinstance(client, Retriever)
+    remote, local = client.search(QUERIES, 3), bm25.search(QUERIES, 3)
+    assert remote == local  # ids, titles, texts and scores (JSON round-trips Python floats exactly)
+    assert remote[0][0].title == "Evan Morris" and remote[2] == []
+    assert client.search([], 3) == []
+
+
+def test_content_hash_comes_from_health(server, bm25):
+    health = requests.get(server.url.replace("/retrieve", "/health"), timeout=5).json()
+    assert health == {"status": "ok", "content_hash": bm25.content_hash, "num_passages": 1000,
+                      "retriever": "BM25Retriever"}
+    assert HTTPRetriever(server.url).content_hash == bm25.content_hash
+
+
+def test_server_speaks_search_r1_shapes(server):
+    with_scores = requests.post(server.url, json={"queries": QUERIES[:2], "topk": 2, "return_scores": True},
+                                timeout=5).json()
+    assert list(with_scores) == ["result"] and len(with_scores["result"]) == 2
+    hit = with_scores["result"][0][0]
+    assert set(hit) == {"document", "score"} and set(hit["document"]) == {"id", "contents"}
+    assert hit["document"]["contents"].startswith('"Evan Morris"\n') and hit["score"] > 0
+    # Search-R1's default: no return_scores → bare documents; no topk → the server's default (3)
+    bare = requests.post(server.url, json={"queries": ["television series"]}, timeout=5).json()
+    assert len(bare["result"][0]) == 3 and set(bare["result"][0][0]) == {"id", "contents"}
+    assert parse_retrieve_response(bare, 1)[0][0].score == 0.0
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"topk": 3}', "'queries' must be a list of strings"),
+        (b'{"queries": ["a", 3]}', "'queries' must be a list of strings"),
+        (b'{"queries": ["a"], "topk": 0}', "'topk' must be an integer"),
+        (b'{"queries": ["a"], "topk": "3"}', "'topk' must be an integer"),
+        (b'{"queries": ["a"], "return_scores": "yes"}', "'return_scores' must be a boolean"),
+    ],
+)
+def test_bad_requests_get_400(server, body, needle):
+    response = requests.post(server.url, data=body, headers={"Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 400
+    assert needle in response.json()["error"]
+
+
+def test_unknown_paths_get_404(server):
+    assert requests.post(server.url.replace("/retrieve", "/search"), json={"queries": []}, timeout=5).status_code == 404
+    assert requests.get(server.url.replace("/retrieve", "/nope"), timeout=5).status_code == 404
+
+
+def test_failing_retriever_gives_500_and_client_error(tmp_path):
+    class Broken:
+        content_hash = "broken"
+
+        def search(self, queries, topk):
+            raise RuntimeError("index is corrupt")
+
+    srv = serve(Broken(), "127.0.0.1", 0)
+    try:
+        response = requests.post(srv.url, json={"queries": ["x"]}, timeout=5)
+        assert response.status_code == 500 and "index is corrupt" in response.json()["error"]
+        with pytest.raises(RetrieverError, match=r"failed after 2 attempt\(s\).*HTTP 500.*index is corrupt"):
+            HTTPRetriever(srv.url, max_retries=1, backoff=0.01).search(["x"], 3)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+# -- client robustness ------------------------------------------------------------------------------------------------
+
+
+def test_down_server_retries_then_raises_clear_error():
+    url = f"http://127.0.0.1:{closed_port()}/retrieve"
+    client = HTTPRetriever(url, timeout=2, max_retries=2, backoff=0.05)
+    start = time.monotonic()
+    with pytest.raises(RetrieverError) as err:
+        client.search(["anything"], 3)
+    elapsed = time.monotonic() - start
+    message = str(err.value)
+    assert url in message and "3 attempt(s)" in message and "ConnectionError" in message
+    assert elapsed >= 0.05 + 0.1  # it waited between attempts (backoff 0.05, then 0.1)
+    with pytest.raises(RetrieverError, match="3 attempt"):
+        client.content_hash  # noqa: B018 - an unreachable server cannot report its corpus
+
+
+def test_transient_5xx_is_retried_then_succeeds():
+    calls = []
+
+    def flaky(request):
+        calls.append(json.loads(request.body))
+        if len(calls) < 3:
+            return Response(503, "warming up")
+        return json_response({"result": [[{"document": {"id": "7", "contents": '"T"\nbody'}, "score": 1.5}]]})
+
+    with LocalServer({"/retrieve": flaky}) as srv:
+        hits = HTTPRetriever(srv.url("/retrieve"), max_retries=3, backoff=0.01).search(["q"], 2)
+    assert hits == [[Passage("7", "T", "body", 1.5)]]
+    assert len(calls) == 3 and calls[0] == {"queries": ["q"], "topk": 2, "return_scores": True}
+
+
+def test_4xx_is_not_retried():
+    with LocalServer({"/retrieve": lambda r: json_response({"detail": "bad topk"}, 422)}) as srv:
+        with pytest.raises(RetrieverError, match=r"HTTP 422.*bad topk"):
+            HTTPRetriever(srv.url("/retrieve"), max_retries=3, backoff=0.01).search(["q"], 2)
+        assert len(srv.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ({"results": []}, "no 'result' field"),
+        ({"result": []}, r"one list per query \(1\), got 0 lists"),
+        ({"result": [{"id": "1"}]}, r"result\[0\] must be a list"),
+        ({"result": [[{"document": {"contents": "x"}, "score": 1}]]}, r"result\[0\]\[0\]\.document: missing field 'id'"),
+        ({"result": [[{"document": {"id": "1", "contents": "x"}, "score": "high"}]]}, "'score' must be a number"),
+        ({"result": [["just a string"]]}, r"result\[0\]\[0\]: expected a JSON object"),
+    ],
+)
+def test_malformed_responses_raise(payload, needle):
+    with LocalServer({"/retrieve": lambda r: json_response(payload)}) as srv:
+        with pytest.raises(RetrieverError, match="malformed response: .*" + needle):
+            HTTPRetriever(srv.url("/retrieve"), max_retries=0).search(["q"], 1)
+
+
+def test_non_json_response_raises():
+    with LocalServer({"/retrieve": lambda r: Response(200, "<html>oops</html>")}) as srv:
+        with pytest.raises(RetrieverError, match="invalid JSON.*oops"):
+            HTTPRetriever(srv.url("/retrieve"), max_retries=0).search(["q"], 1)
+
+
+def test_foreign_search_r1_server_shapes_and_url_hash():
+    # Search-R1's retrieval_server: corpus rows as documents, extra fields allowed, no /health endpoint.
+    def search_r1(request):
+        body = json.loads(request.body)
+        doc = {"id": "12", "contents": '"Ada Lindqvist"\nAn astronomer.', "extra": 1}
+        if body.get("return_scores"):
+            return json_response({"result": [[{"document": doc, "score": 3.25}] for _ in body["queries"]]})
+        return json_response({"result": [[doc] for _ in body["queries"]]})
+
+    with LocalServer({"/retrieve": search_r1}) as srv:
+        client = HTTPRetriever(srv.url("/retrieve"))
+        assert client.search(["a", "b"], 1) == [[Passage("12", "Ada Lindqvist", "An astronomer.", 3.25)]] * 2
+        assert client.content_hash.startswith("url:") and client.content_hash == HTTPRetriever(client.url).content_hash
+    assert parse_retrieve_response({"result": [[{"id": 5, "title": "T", "text": "x"}]]}, 1) == [[Passage("5", "T", "x")]]
+
+
+def test_client_argument_checks():
+    with pytest.raises(ValueError, match="http:// or https://"):
+        HTTPRetriever("127.0.0.1:8000/retrieve")
+    client = HTTPRetriever("http://127.0.0.1:9/retrieve", content_hash="fixed")
+    assert client.content_hash == "fixed"
+    with pytest.raises(TypeError):
+        client.search("one query", 3)
+    with pytest.raises(ValueError, match="topk"):
+        client.search(["q"], 0)
+
+
+# -- the igpo-retriever command ---------------------------------------------------------------------------------------
+
+
+def test_parser_defaults_bind_localhost():
+    args = build_parser().parse_args(["--corpus", "c.jsonl"])
+    assert (args.host, args.port, args.topk) == ("127.0.0.1", 8000, 3)
+
+
+def test_cli_missing_corpus_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--corpus", str(tmp_path / "missing.jsonl")])
+    assert exc.value.code == 2
+    assert "corpus file not found" in capsys.readouterr().err
+
+
+def test_cli_serves_the_corpus(tmp_path):
+    env = dict(os.environ, IGPO_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "igpo_envs.search.server", "--corpus", str(SAMPLE), "--port", "0",
+                             "--topk", "2"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()
+        match = re.search(r"at (http://127\.0\.0\.1:\d+/retrieve)", line)
+        assert match, f"unexpected startup line: {line!r}"
+        hits = HTTPRetriever(match.group(1)).search(["Evan Morris lobbyist"], 2)
+        assert [p.title for p in hits[0]][:1] == ["Evan Morris"] and len(hits[0]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stderr.close()

@@ -1,0 +1,306 @@
+"""IGPOTrainer: rollout token bookkeeping, (B, T) advantages, IG-off = GRPO, end-to-end CPU steps, resume."""
+
+import math
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from igpo_envs.env import SearchQAEnv, step_batch  # noqa: E402
+from igpo_envs.protocol import format_observation, render_prompt  # noqa: E402
+from igpo_envs.types import Passage, QAItem  # noqa: E402
+from igpo_trainer import IGPOConfig, IGPOTrainer  # noqa: E402
+from igpo_trainer.advantages import turn_advantages  # noqa: E402
+from igpo_trainer.rollout import (  # noqa: E402
+    assign_turn_rewards,
+    broadcast_turn_advantages,
+    encode_prompt,
+    observation_text,
+    run_episodes,
+)
+
+N_QUESTIONS = 10
+
+
+class WordOverlapRetriever:
+    """A deterministic toy retriever: passages ranked by words shared with the query."""
+
+    content_hash = "word-overlap-test"
+
+    def __init__(self, passages):
+        self.passages = passages
+
+    def search(self, queries, topk):
+        def score(p, words):
+            return -len(words & set(f"{p.title} {p.text}".lower().split()))
+
+        return [sorted(self.passages, key=lambda p: score(p, set(q.lower().split())))[:topk] for q in queries]
+
+
+PASSAGES = [Passage(f"d{i}", f"Film {i}", f"Film {i} was directed by Person {i}.") for i in range(N_QUESTIONS)]
+ITEMS = [
+    QAItem(f"q{i}", f"Who directed Film {i}?", (f"Person {i}",), gold_passage_ids=(f"d{i}",))
+    for i in range(N_QUESTIONS)
+]
+
+
+def make_world_env(**kwargs):
+    settings = {"max_turns": 3, "topk": 2, **kwargs}
+    return SearchQAEnv(questions=ITEMS, retriever=WordOverlapRetriever(PASSAGES), **settings)
+
+
+def oracle_completion(i: int) -> str:
+    """Odd questions: search then answer; even ones: answer at once (so groups mix 1- and 2-turn episodes)."""
+    if i % 2:
+        passages = WordOverlapRetriever(PASSAGES).search([f"Film {i}"], 2)[0]
+        return f"<search> Film {i} </search>" + observation_text(format_observation(passages, "tag")) + (
+            f"<answer> Person {i} </answer>"
+        )
+    return f"<answer> Person {i} </answer>"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Qwen2 that has seen a few oracle episodes (a couple of seconds of SFT), so rollouts mix right answers,
+    wrong answers, searches and format errors: groups with non-zero advantages."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from igpo_trainer.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny_igpo")
+    texts = [render_prompt(it.question) for it in ITEMS] + [oracle_completion(i) for i in range(N_QUESTIONS)]
+    build_tiny_model(out, texts, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, vocab_size=400, seed=0)
+    tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(0)
+    seqs = [
+        encode_prompt(tokenizer, render_prompt(it.question))
+        + tokenizer(oracle_completion(i), add_special_tokens=False)["input_ids"]
+        + [tokenizer.eos_token_id]
+        for i, it in enumerate(ITEMS)
+    ]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    return out
+
+
+def make_config(tmp_path, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path / "run"),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        gradient_checkpointing=False,
+        per_device_train_batch_size=8,  # 2 prompts x G=4
+        num_generations=4,
+        max_steps=2,
+        max_completion_length=96,
+        max_turn_length=24,
+        max_turns=3,
+        logging_steps=1,
+        learning_rate=1e-3,
+        save_strategy="no",
+        seed=0,
+    )
+    settings.update(overrides)
+    return IGPOConfig(**settings)
+
+
+def capture_generations(trainer):
+    """Record (rows, output) of every rollout batch, before TRL shuffles and splits it."""
+    captured = []
+    original = trainer._generate_and_score_completions
+
+    def wrapped(inputs):
+        output = original(inputs)
+        captured.append(([dict(row) for row in inputs], {k: v for k, v in output.items()}))
+        return output
+
+    trainer._generate_and_score_completions = wrapped
+    return captured
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rollout bookkeeping on a constructed episode (scripted policy, real env)
+# ---------------------------------------------------------------------------------------------------------------------
+class ScriptedPolicy:
+    """A TurnGenerator that writes fixed turns: turn t of every rollout is ``turns[t]``."""
+
+    def __init__(self, tokenizer, turns):
+        self.tokenizer, self.turns, self.calls, self.turn = tokenizer, turns, [], 0
+
+    def __call__(self, contexts, max_new_tokens):
+        self.calls.append(len(contexts))
+        ids = self.tokenizer(self.turns[self.turn], add_special_tokens=False)["input_ids"]
+        self.turn += 1
+        return [(ids[:max_new_tokens], None) for _ in contexts]
+
+
+def test_constructed_rollout_masks_observations_and_broadcasts_turn_advantages(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    envs = [make_world_env() for _ in range(2)]
+    policy = ScriptedPolicy(tokenizer, ["<search> Film 3 </search>", "<answer> Person 3 </answer>"])
+    episodes = run_episodes(
+        envs, [3, 5], policy, tokenizer, step_batch=step_batch, max_turns=3, max_turn_length=24,
+        max_completion_length=400, eos_token_id=tokenizer.eos_token_id,
+    )
+    assert policy.calls == [2, 2]  # one batched generation call per turn for all live rollouts
+    search_ids = tokenizer("<search> Film 3 </search>", add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer("<answer> Person 3 </answer>", add_special_tokens=False)["input_ids"]
+    for episode, index in zip(episodes, [3, 5]):
+        observation = observation_text(format_observation(WordOverlapRetriever(PASSAGES).search(["Film 3"], 2)[0], "tag"))
+        obs_ids = tokenizer(observation, add_special_tokens=False)["input_ids"]
+        assert episode.completion_ids == search_ids + obs_ids + answer_ids + [tokenizer.eos_token_id]
+        assert episode.env_mask == [1] * len(search_ids) + [0] * len(obs_ids) + [1] * len(answer_ids) + [0]
+        assert episode.token_turn == [0] * len(search_ids) + [-1] * len(obs_ids) + [1] * len(answer_ids) + [-1]
+        assert episode.belief_boundaries == [len(episode.prompt_ids), len(episode.prompt_ids) + len(search_ids) + len(obs_ids)]
+        assert episode.num_turns == 2 and episode.num_searches == 1 and episode.done
+        assert episode.question_index == index
+    assert episodes[0].outcome == 1.0 and episodes[0].gold_recall == 1.0  # question 3: right answer, gold retrieved
+    assert episodes[1].outcome == 0.5 and episodes[1].gold_recall == 0.0  # question 5: "Person 3" vs "Person 5": F1 0.5
+
+    # Turn rewards = [IG of the search, outcome]; every policy token of turn t carries A_t, observations 0.
+    beliefs = [torch.tensor([math.log(0.1), math.log(0.6)]), torch.tensor([math.log(0.2), math.log(0.1)])]
+    assign_turn_rewards(episodes, beliefs, info_gain_type="prob_diff")
+    assert episodes[0].turn_rewards == pytest.approx([0.5, 1.0])
+    assert episodes[1].turn_rewards == pytest.approx([-0.1, 0.5])
+    advantages = turn_advantages([e.turn_rewards for e in episodes])
+    for episode, turn_advs in zip(episodes, advantages):
+        per_token = broadcast_turn_advantages(episode.token_turn, turn_advs)
+        for value, mask, turn in zip(per_token, episode.env_mask, episode.token_turn):
+            assert value == (turn_advs[turn] if mask else 0.0)
+
+
+def test_format_error_and_token_budget_end_episodes(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bad = run_episodes(
+        [make_world_env()], [1], ScriptedPolicy(tokenizer, ["Film 1 please"]), tokenizer, step_batch=step_batch,
+        max_turns=3, max_turn_length=24, max_completion_length=400, eos_token_id=tokenizer.eos_token_id,
+    )[0]
+    assert bad.done and bad.format_error and bad.outcome == -2.0 and bad.num_turns == 1
+    assert bad.completion_ids[-1] == tokenizer.eos_token_id and bad.env_mask[-1] == 0  # closed with EOS, not trained
+
+    search_ids = tokenizer("<search> Film 1 </search>", add_special_tokens=False)["input_ids"]
+    full = run_episodes(
+        [make_world_env()], [1], ScriptedPolicy(tokenizer, ["<search> Film 1 </search>"] * 3), tokenizer,
+        step_batch=step_batch, max_turns=3, max_turn_length=24, max_completion_length=len(search_ids) + 3,
+        eos_token_id=tokenizer.eos_token_id,
+    )[0]
+    # no room for the observation: the episode ends without an answer (reward 0), and it is not closed with EOS
+    assert full.done and full.budget_exhausted and full.outcome == 0.0 and full.num_turns == 1
+    assert full.completion_ids == search_ids and full.belief_boundaries == [len(full.prompt_ids)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# End to end with TRL
+# ---------------------------------------------------------------------------------------------------------------------
+def test_igpo_steps_change_weights_log_finite_metrics_and_use_turn_advantages(tiny_model_dir, tmp_path):
+    trainer = IGPOTrainer(model=str(tiny_model_dir), args=make_config(tmp_path), env=make_world_env())
+    captured = capture_generations(trainer)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no weight changed"
+
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for key in ("reward", "igpo/f1", "igpo/em", "igpo/turns", "igpo/searches", "igpo/format_error",
+                "igpo/info_gain_per_search", "igpo/zero_adv_group_frac", "igpo/ig_time_share", "igpo/gold_recall"):
+        for log in logs:
+            assert key in log and math.isfinite(log[key]), (key, log)
+    assert 0.0 < logs[0]["igpo/ig_time_share"] < 1.0
+
+    saw_multi_turn = False
+    for rows, output in captured:
+        advantages, tool_mask = output["advantages"], output["tool_mask"]
+        assert advantages.shape == output["completion_ids"].shape  # (B, T) per-token advantages
+        assert torch.all(advantages[tool_mask == 0] == 0)  # observation / added tokens carry no advantage
+        for b, row in enumerate(rows):
+            turns = row["igpo_token_turn"]
+            assert len(row["igpo_turn_rewards"]) == max(turns) + 1  # one reward per turn
+            for t in set(turns) - {-1}:
+                values = {advantages[b, j].item() for j, turn in enumerate(turns) if turn == t}
+                assert len(values) == 1  # every policy token of turn t carries the same A_t
+            saw_multi_turn |= max(turns) >= 1
+        # recompute from the turn rewards: group-normalised, discounted, broadcast
+        G = 4
+        for g in range(0, len(rows), G):
+            expected = turn_advantages([r["igpo_turn_rewards"] for r in rows[g : g + G]])
+            for b in range(g, g + G):
+                turns = rows[b]["igpo_token_turn"]
+                first = {t: turns.index(t) for t in set(turns) - {-1}}
+                for t, j in first.items():
+                    assert advantages[b, j].item() == pytest.approx(expected[b - g][t], abs=1e-5)
+    assert saw_multi_turn, "the warm-started tiny model never searched: the test would not check turn advantages"
+
+
+def test_information_gain_off_gives_grpo_outcome_advantages(tiny_model_dir, tmp_path):
+    args = make_config(tmp_path, use_information_gain=False, max_steps=1)
+    trainer = IGPOTrainer(model=str(tiny_model_dir), args=args, env=make_world_env())
+    captured = capture_generations(trainer)
+    trainer.train()
+    rows, output = captured[0]
+    assert all(len(r["igpo_turn_rewards"]) == 1 for r in rows)
+    outcomes = [r["igpo_outcome"] for r in rows]
+    for g in range(0, len(rows), 4):
+        group = outcomes[g : g + 4]
+        mean = sum(group) / 4
+        std = math.sqrt(sum((o - mean) ** 2 for o in group) / 4)
+        for b in range(g, g + 4):
+            policy = output["advantages"][b][output["tool_mask"][b].bool() & output["completion_mask"][b].bool()]
+            expected = 0.0 if std == 0 else (outcomes[b] - mean) / (std + 1e-6)
+            assert torch.allclose(policy, torch.full_like(policy, expected), atol=1e-5)  # one value, every turn
+    assert "igpo/ig_time_share" not in trainer.state.log_history[0]
+
+
+def test_resume_from_checkpoint_restores_step_and_data_order(tiny_model_dir, tmp_path):
+    full = IGPOTrainer(
+        model=str(tiny_model_dir), args=make_config(tmp_path / "full", max_steps=4), env=make_world_env()
+    )
+    full.train()
+    first = IGPOTrainer(
+        model=str(tiny_model_dir),
+        args=make_config(tmp_path / "resumed", max_steps=4, save_strategy="steps", save_steps=2),
+        env=make_world_env(),
+    )
+    first.train()
+    checkpoint = tmp_path / "resumed" / "run" / "checkpoint-2"
+    assert checkpoint.is_dir()
+    resumed = IGPOTrainer(
+        model=str(tiny_model_dir),
+        args=make_config(tmp_path / "resumed", max_steps=4, save_strategy="steps", save_steps=2),
+        env=make_world_env(),
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 4
+    assert len(resumed.rollout_history) == 2  # only steps 3 and 4 were generated after resuming
+    assert resumed.rollout_history == full.rollout_history[2:]  # the same questions, in the same order
+
+
+def test_config_validates_values():
+    common = dict(output_dir="/tmp/unused", use_cpu=True, num_generations=4, per_device_train_batch_size=8)
+    with pytest.raises(ValueError, match="info_gain_type"):
+        IGPOConfig(info_gain_type="kl", **common)
+    with pytest.raises(ValueError, match="info_gain_norm"):
+        IGPOConfig(info_gain_norm="batch", **common)
+    with pytest.raises(ValueError, match="gamma"):
+        IGPOConfig(gamma=1.5, **common)
+    with pytest.raises(ValueError, match="adv_std_floor"):
+        IGPOConfig(adv_std_floor=-1.0, **common)
+    with pytest.raises(ValueError, match="env_kwargs is not valid JSON"):
+        IGPOConfig(env_kwargs="{hops: 2", **common)
+    config = IGPOConfig(env_kwargs='{"hops": 2}', max_turns=4, **common)
+    assert config.env_make_kwargs() == {"protocol": "tag", "topk": 3, "max_turns": 4, "format_penalty": -2.0, "hops": 2}
