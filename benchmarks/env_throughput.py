@@ -7,8 +7,8 @@ Per corpus size, in one process and one run:
 - the env: the native vector env (``gym.make_vec(..., vectorization_mode="vector_entry_point")``) with 64 sub-envs,
   every sub-env issuing one ``<search>`` per step (the oracle plan of its question, cycled; 10 searches per
   episode, then a reset, which is counted against the env), observations and infos built as usual.
-Both sides answer exactly the same query strings with the same topk; runs alternate (raw, env, raw, env, ...) and
-the best run of each is compared, so background load on a shared machine hits both alike.
+Both sides answer exactly the same query strings with the same topk, interleaved step by step (which side goes
+first alternates), and their total times are compared, so background load on a shared machine hits both alike.
 
     python benchmarks/env_throughput.py                     # 100k and 1M (1M needs ~3 GB and a few minutes)
     python benchmarks/env_throughput.py --sizes 100000 --write BENCHMARKS.md
@@ -17,7 +17,9 @@ the best run of each is compared, so background load on a shared machine hits bo
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import re
 import shutil
 import sys
@@ -52,22 +54,48 @@ def raw_bm25s(retriever):
     return search
 
 
-def run_raw(search, steps: list[list[str]], topk: int) -> float:
-    start = time.perf_counter()
-    for queries in steps:
-        search(queries, topk)
-    return sum(map(len, steps)) / (time.perf_counter() - start)
-
-
-def run_env(envs, steps: list[list[str]], num_envs: int) -> float:
-    start = time.perf_counter()
+def timed_pass(search, envs, steps: list[list[str]], topk: int, num_envs: int) -> tuple[float, float]:
+    """One pass over ``steps``, alternating which side goes first at every step so that background load on a shared
+    machine hits raw bm25s and the env alike; returns the seconds each side spent."""
+    raw_seconds = env_seconds = 0.0
     for t, queries in enumerate(steps):
-        if t % SEARCHES_PER_EPISODE == 0:
-            envs.reset(options={"question_index": list(range(num_envs))})
-        _, _, terminated, truncated, _ = envs.step([f"<search> {q} </search>" for q in queries])
-        if terminated.any() or (truncated.any() and (t + 1) % SEARCHES_PER_EPISODE):
-            raise RuntimeError("an episode ended early: the benchmark must issue searches only")
-    return sum(map(len, steps)) / (time.perf_counter() - start)
+        for side in ((0, 1) if t % 2 else (1, 0)):
+            start = time.perf_counter()
+            if side == 0:
+                search(queries, topk)
+                raw_seconds += time.perf_counter() - start
+                continue
+            if t % SEARCHES_PER_EPISODE == 0:  # a new episode every 10 searches; the reset counts against the env
+                envs.reset(options={"question_index": list(range(num_envs))})
+            _, _, terminated, truncated, _ = envs.step([f"<search> {q} </search>" for q in queries])
+            env_seconds += time.perf_counter() - start
+            if terminated.any() or (truncated.any() and (t + 1) % SEARCHES_PER_EPISODE):
+                raise RuntimeError("an episode ended early: the benchmark must issue searches only")
+    return raw_seconds, env_seconds
+
+
+def time_calls(obj, method: str) -> list[float]:
+    """Wrap ``obj.method`` (as an instance attribute) to add up the seconds spent in it; returns the running total."""
+    total = [0.0]
+    inner = getattr(obj, method)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - start
+
+    setattr(obj, method, timed)
+    return total
+
+
+def print_profile(run, num_docs: int, top: int = 12) -> None:
+    """cProfile one interleaved pass and print where the time goes (both sides, by own time)."""
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    print(f"\nProfile of one pass at {num_docs:,} passages (raw bm25s and env together), by own time:")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
 def benchmark_size(num_docs: int, args, cache_root: Path) -> dict:
@@ -79,7 +107,8 @@ def benchmark_size(num_docs: int, args, cache_root: Path) -> dict:
     start = time.perf_counter()
     retriever = get_retriever(num_docs, args.distractors, args.seed, cache_dir)
     build = time.perf_counter() - start
-    assert not retriever.loaded_from_cache, "the index build must be measured from a fresh cache dir"
+    if retriever.loaded_from_cache:  # --cache-dir with an existing index: this is a load, not a build
+        print(f"note: index for {num_docs:,} passages loaded from {cache_dir}; 'index build' is its load time")
 
     envs = gym.make_vec("igpo/SynthMultiHop-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
                         num_docs=num_docs, distractors=args.distractors, seed=args.seed, hops=[1, 2, 3, 4],
@@ -88,27 +117,36 @@ def benchmark_size(num_docs: int, args, cache_root: Path) -> dict:
     plans = [item.metadata["oracle_queries"] for item in envs.unwrapped.items]
     steps = [[plan[t % len(plan)] for plan in plans] for t in range(args.steps)]
     search = raw_bm25s(retriever)
-    run_raw(search, steps[:SEARCHES_PER_EPISODE], args.topk)  # warm up: numba kernels, page cache of the mmap
-    run_env(envs, steps[:SEARCHES_PER_EPISODE], args.num_envs)
-    raw, env = [], []
+    timed_pass(search, envs, steps[:SEARCHES_PER_EPISODE], args.topk, args.num_envs)  # warm-up: numba, page cache
+    in_retriever = time_calls(envs.unwrapped.retriever, "search")  # splits env time: retrieval vs env logic
+    raw_seconds = env_seconds = 0.0
     for _ in range(args.repeats):
-        raw.append(run_raw(search, steps, args.topk))
-        env.append(run_env(envs, steps, args.num_envs))
+        r, e = timed_pass(search, envs, steps, args.topk, args.num_envs)
+        raw_seconds, env_seconds = raw_seconds + r, env_seconds + e
+    del envs.unwrapped.retriever.search  # drop the timing wrapper
+    if args.profile:
+        print_profile(lambda: timed_pass(search, envs, steps, args.topk, args.num_envs), num_docs)
     envs.close()
     del passages
-    return dict(num_docs=num_docs, generation=generation, build=build, raw=max(raw), env=max(env),
-                ratio=max(env) / max(raw), queries=len(steps) * args.num_envs, threads=retriever.n_threads)
+    queries = args.repeats * len(steps) * args.num_envs
+    raw, env = queries / raw_seconds, queries / env_seconds
+    retrieval_us, logic_us = 1e6 * in_retriever[0] / queries, 1e6 * (env_seconds - in_retriever[0]) / queries
+    return dict(num_docs=num_docs, generation=generation, build=build, raw=raw, env=env, ratio=env / raw,
+                queries=queries, threads=retriever.n_threads, raw_us=1e6 / raw, retrieval_us=retrieval_us,
+                logic_us=logic_us)
 
 
 def format_table(rows: list[dict], num_envs: int, topk: int) -> str:
     lines = [
         f"| passages | world generation (s) | index build (s) | raw bm25s (q/s) | env, {num_envs} sub-envs "
-        f"(searches/s) | env / raw |",
-        "|---:|---:|---:|---:|---:|---:|",
+        f"(searches/s) | env / raw | raw (µs/query) | env: in retriever.search (µs/search) | env: own logic "
+        f"(µs/search) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['num_docs']:,} | {r['generation']:.1f} | {r['build']:.1f} | {r['raw']:,.0f} | "
-                     f"{r['env']:,.0f} | {100 * r['ratio']:.0f}% |")
+                     f"{r['env']:,.0f} | {100 * r['ratio']:.0f}% | {r['raw_us']:.0f} | {r['retrieval_us']:.0f} | "
+                     f"{r['logic_us']:.0f} |")
     return "\n".join(lines)
 
 
@@ -126,12 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated corpus sizes (passages)")
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60, help="vector steps per timed run (64 searches each)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs per side (best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the steps (totals are compared)")
     parser.add_argument("--topk", type=int, default=3)
     parser.add_argument("--distractors", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None, help="index cache root (default: a temporary dir, removed)")
     parser.add_argument("--write", default=None, help="write the table into this BENCHMARKS.md")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one pass per size and print it")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -152,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         body = (
             f"Env search steps per second through the native vector env ({args.num_envs} sub-envs, "
             f"`gym.make_vec(\"igpo/SynthMultiHop-v0\", vectorization_mode=\"vector_entry_point\")`) against raw bm25s "
-            f"batched retrieval (numba backend, {threads} threads, same {rows[0]['queries']:,} oracle queries per run, "
-            f"topk={args.topk}, same process; best of {args.repeats} alternating runs). Target: env >= 80% of raw. "
+            f"batched retrieval (numba backend, {threads} threads, the same {rows[0]['queries']:,} oracle queries, "
+            f"topk={args.topk}, same process, the two sides interleaved step by step). Target: env >= 80% of raw. "
             f"World generation and index build (tokenize + index + save to a fresh cache dir) timed in the same run. "
             f"{os.cpu_count()} CPUs, machine shared with other jobs.\n\n"
             f"{table}\n\nReproduce: `{command.strip()}`"

@@ -26,7 +26,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from igpo_envs.information_gain import answer_logprobs, per_prefix_answer_logprobs
+from igpo_envs.information_gain import answer_logprobs, batch_answer_logprobs, per_prefix_answer_logprobs
 from igpo_envs.information_gain.packed import _prepare_row, _probe_pass, _rollout_pass
 
 MODELS = {
@@ -126,6 +126,46 @@ def run(name: str, turns_list, repeats: int, attn: str) -> list[dict]:
     return rows
 
 
+def run_group(name: str, group_turns, repeats: int, attn: str) -> dict:
+    """A GRPO group of rollouts with different turn counts: one batched call vs one call per rollout vs official."""
+    model = build_model(name, attn)
+    rollouts = [make_rollout(t, MODELS[name][0], seed=100 + i) for i, t in enumerate(group_turns)]
+    seqs, bounds, probes, masks = (list(x) for x in zip(*rollouts))
+    with torch.no_grad():
+        methods = {
+            "official": lambda: [per_prefix_answer_logprobs(model, *r) for r in rollouts],
+            "one_by_one": lambda: [answer_logprobs(model, *r) for r in rollouts],
+            "batched": lambda: batch_answer_logprobs(model, seqs, bounds, probes, masks),
+            "batched_cached": lambda: batch_answer_logprobs(model, seqs, bounds, probes, masks, method="cached"),
+        }
+        values = {k: fn() for k, fn in methods.items()}
+        times = {k: [] for k in methods}
+        for _ in range(repeats):
+            for key, fn in methods.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+        memory = {k: peak_mb(fn) for k, fn in methods.items()}
+    diff = max((a - b).abs().max().item() for k in ("one_by_one", "batched", "batched_cached")
+               for a, b in zip(values[k], values["official"]))
+    r = {"model": name, "turns": list(group_turns), "diff": diff,
+         **{f"t_{k}": statistics.median(v) for k, v in times.items()}, **{f"mem_{k}": v for k, v in memory.items()}}
+    print(f"group {name} turns={r['turns']}: " + "  ".join(f"{k} {r['t_' + k] * 1e3:.1f} ms" for k in methods)
+          + f"  max|diff| {diff:.1e}", flush=True)
+    return r
+
+
+def group_markdown(groups: list[dict]) -> str:
+    keys = ("official", "one_by_one", "batched", "batched_cached")
+    lines = ["| model | rollout turns | " + " | ".join(f"{k} ms" for k in keys) + " | official/batched | max abs diff | "
+             "peak MiB " + " / ".join(keys) + " |", "|" + "---|" * (len(keys) + 5)]
+    for r in groups:
+        lines.append(f"| {r['model']} | {r['turns']} | " + " | ".join(f"{r['t_' + k] * 1e3:.1f}" for k in keys)
+                     + f" | {r['t_official'] / r['t_batched']:.1f}x | {r['diff']:.1e} | "
+                     + " / ".join(f"{r['mem_' + k]:.0f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def _line(r: dict) -> str:
     return (f"{r['model']:>5} T={r['turns']:>2} L={r['tokens']:>4}  official {r['t_official'] * 1e3:8.1f} ms  "
             f"packed {r['t_packed'] * 1e3:7.1f} ms ({r['speedup_packed']:4.1f}x)  cached {r['t_cached'] * 1e3:7.1f} ms "
@@ -157,14 +197,20 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (the machine is shared)")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--group", nargs="*", type=int, default=[1, 2, 3, 3, 4, 5, 5, 8],
+                        help="turn counts of the rollouts of one group for the batched comparison (none: skip)")
     parser.add_argument("--markdown", action="store_true", help="print the BENCHMARKS.md table at the end")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, attn {args.attn}, "
           f"repeats {args.repeats} (median)", flush=True)
     rows = [r for name in args.models for r in run(name, args.turns, args.repeats, args.attn)]
+    groups = [run_group(name, args.group, args.repeats, args.attn) for name in args.models] if args.group else []
     if args.markdown:
         print(markdown(rows))
+        if groups:
+            print()
+            print(group_markdown(groups))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ _TAG_PROMPT = (
 )
 _TOOL_CALL_PROMPT = (
     "Answer the question below. You can call a search tool by writing\n"
-    '<tool_call>{{"name": "search", "arguments": {{"query": "your query"}}}}</tool_call>\n'
+    '<tool_call>{"name": "search", "arguments": {"query": "your query"}}</tool_call>\n'
     "and the results come back inside <tool_response> </tool_response>. Call it as often as you need, one call per "
     "turn. When you know the answer, write only the answer inside <answer> </answer>, for example "
     "<answer> Paris </answer>.\nQuestion: {question}\n"

@@ -119,23 +119,23 @@ class SearchQAVectorEnv(VectorEnv):
             if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
                 raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},)")
         per_env = {key: _per_env(value, self.num_envs, key) for key, value in options.items()}
-        infos: dict[str, Any] = {}
+        reset_infos: list[tuple[int, dict]] = []
         for i in np.flatnonzero(mask):
             env_options = {key: values[i] for key, values in per_env.items()}
             self._obs[i], info = self.envs[i].reset(seed=seeds[i], options=env_options)
             self.last_infos[i] = info
-            infos = self._add_info(infos, info, i)
+            reset_infos.append((int(i), info))
         self._terminations[mask] = False
         self._truncations[mask] = False
         self._autoreset[mask] = False
-        return tuple(self._obs), infos
+        return tuple(self._obs), self._batch_infos(reset_infos)
 
     def step(self, actions: Sequence[str]):
         actions = list(actions)
         if len(actions) != self.num_envs:
             raise ValueError(f"got {len(actions)} actions for num_envs={self.num_envs}")
         rewards = np.zeros(self.num_envs, dtype=np.float64)
-        infos: dict[str, Any] = {}
+        step_infos: list[tuple[int, dict]] = []
         stepping = []
         for i in range(self.num_envs):
             if not self._autoreset[i]:
@@ -144,7 +144,7 @@ class SearchQAVectorEnv(VectorEnv):
                 self._obs[i], info = self.envs[i].reset()
                 self._terminations[i] = self._truncations[i] = False
                 self.last_infos[i] = info
-                infos = self._add_info(infos, info, i)
+                step_infos.append((i, info))
             else:  # DISABLED: an ended sub-env that was not reset is skipped
                 self._obs[i] = ""
         results = step_batch([self.envs[i] for i in stepping], [actions[i] for i in stepping])
@@ -152,16 +152,46 @@ class SearchQAVectorEnv(VectorEnv):
             rewards[i] = reward
             self._terminations[i], self._truncations[i] = terminated, truncated
             if self.autoreset_mode == AutoresetMode.SAME_STEP and (terminated or truncated):
-                infos = self._add_info(infos, {"final_obs": obs, "final_info": info}, i)
+                final = {"final_obs": obs, "final_info": info}
                 obs, info = self.envs[i].reset()
+                info = {**info, **final}
             self._obs[i] = obs
             self.last_infos[i] = info
-            infos = self._add_info(infos, info, i)
+            step_infos.append((i, info))
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             self._autoreset[:] = False
         else:
             self._autoreset = self._terminations | self._truncations
-        return tuple(self._obs), rewards, self._terminations.copy(), self._truncations.copy(), infos
+        step_infos.sort(key=lambda pair: pair[0])
+        return (tuple(self._obs), rewards, self._terminations.copy(), self._truncations.copy(),
+                self._batch_infos(step_infos))
+
+    def _batch_infos(self, infos: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        """Gymnasium's batched info layout (``info[key]``: one entry per sub-env, ``info["_key"]``: which sub-envs
+        have it; nested dicts batched recursively; ``final_obs`` an object array), built in one pass per key.
+
+        Unlike `VectorEnv._add_info`, a key whose values mix types (e.g. ``gold_recall`` None for some questions, a
+        float for others) becomes an object array instead of failing, and masks are allocated once per key."""
+        batched: dict[str, Any] = {}
+        keys = dict.fromkeys(key for _, info in infos for key in info)
+        for key in keys:
+            present = [(i, info[key]) for i, info in infos if key in info]
+            values = [value for _, value in present]
+            if key != "final_obs" and all(isinstance(v, dict) for v in values):
+                array = self._batch_infos(present)
+            else:
+                kinds = {type(v) for v in values}
+                numeric = len(kinds) == 1 and (kinds <= {int, float, bool} or issubclass(next(iter(kinds)), np.number))
+                if numeric and key != "final_obs":
+                    array = np.zeros(self.num_envs, dtype=next(iter(kinds)))
+                else:
+                    array = np.full(self.num_envs, None, dtype=object)
+                for i, value in present:
+                    array[i] = value
+            mask = np.zeros(self.num_envs, dtype=np.bool_)
+            mask[[i for i, _ in present]] = True
+            batched[key], batched[f"_{key}"] = array, mask
+        return batched
 
     def render(self) -> tuple[Any, ...]:
         return tuple(env.render() for env in self.envs)

@@ -5,4 +5,12 @@ from igpo_trainer.config import IGPOConfig
 from igpo_trainer.trainer import IGPOTrainer, make_env, question_dataset
 from igpo_trainer.trl_env import IGPOToolEnv, tool_env_dataset
 
-__all__ = ["IGPOConfig", "IGPOToolEnv", "IGPOTrainer", "make_env", "question_dataset", "tool_env_dataset", "turn_advantages"]
+__all__ = [
+    "IGPOConfig",
+    "IGPOToolEnv",
+    "IGPOTrainer",
+    "make_env",
+    "question_dataset",
+    "tool_env_dataset",
+    "turn_advantages",
+]

@@ -50,7 +50,8 @@ def normalize_joint(rewards: Sequence[Sequence[float]], *, std_floor: float = 0.
 def normalize_separate(
     rewards: Sequence[Sequence[float]], *, num_outcome: int = 1, std_floor: float = 0.0
 ) -> list[list[float]]:
-    """Normalise IG (tool-turn) rewards among themselves and the last ``num_outcome`` (outcome) rewards among themselves."""
+    """Normalise the IG (tool-turn) rewards among themselves and the last ``num_outcome`` (outcome) rewards among
+    themselves."""
     ig = normalize_joint([turns[: len(turns) - num_outcome] for turns in rewards], std_floor=std_floor)
     outcome = normalize_joint([turns[len(turns) - num_outcome :] for turns in rewards], std_floor=std_floor)
     return [i + o for i, o in zip(ig, outcome)]
@@ -98,7 +99,8 @@ def _check_group(rewards, *, gamma: float, norm: str, num_outcome: int, std_floo
     for i, turns in enumerate(rewards):
         if len(turns) < num_outcome:
             raise ValueError(
-                f"rollout {i} has {len(turns)} turn rewards; each needs at least num_outcome={num_outcome} (its outcome)"
+                f"rollout {i} has {len(turns)} turn rewards; each needs at least num_outcome={num_outcome} "
+                "(its outcome)"
             )
         for t, r in enumerate(turns):
             if not math.isfinite(r):

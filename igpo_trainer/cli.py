@@ -11,7 +11,6 @@ from YAML (flags given on the command line win)::
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,8 +61,11 @@ def parse_indices(spec: str | None, n: int, what: str) -> list[int] | None:
     return indices
 
 
-def build_tiny_for_env(env, out_dir: str, *, seed: int = 0, max_texts: int = 2000) -> Path:
-    """A random tiny model whose tokenizer covers the env's prompts and the passages its questions retrieve."""
+def build_tiny_for_env(env, out_dir: str, *, seed: int = 0, max_texts: int = 2000, **model_kwargs) -> Path:
+    """A random tiny model whose tokenizer covers the env's prompts and the passages its questions retrieve.
+
+    ``model_kwargs`` go to `igpo_trainer.tiny.build_tiny_model` (``hidden_size``, ``num_layers``, ``vocab_size``...).
+    """
     from igpo_envs.protocol import format_observation, render_prompt
     from igpo_trainer.tiny import build_tiny_model
 
@@ -73,7 +75,7 @@ def build_tiny_for_env(env, out_dir: str, *, seed: int = 0, max_texts: int = 200
     if base.retriever is not None:  # the passages the policy will read
         for passages in base.retriever.search([item.question for item in items], base.topk):
             texts.append(format_observation(passages, base.protocol))
-    return build_tiny_model(out_dir, texts, seed=seed)
+    return build_tiny_model(out_dir, texts, seed=seed, **model_kwargs)
 
 
 def make_parser():
@@ -85,10 +87,7 @@ def make_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    script_args, training_args, model_args = parser.parse_args_and_config()
+    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
     return train(script_args, training_args, model_args)
 
 
@@ -126,7 +125,8 @@ def train(script_args, training_args, model_args) -> int:
     if checkpoint == "latest":
         checkpoint = get_last_checkpoint(training_args.output_dir)
         if checkpoint is None:
-            raise SystemExit(f"igpo-train: --resume_from_checkpoint latest: no checkpoint in {training_args.output_dir}")
+            raise SystemExit(f"igpo-train: --resume_from_checkpoint latest: no checkpoint in "
+                             f"{training_args.output_dir}")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")

@@ -92,7 +92,8 @@ class HFTurnGenerator:
     """One left-padded ``model.generate`` call per turn for all live rollouts, stopping at the protocol's closing tags.
 
     ``generation_config`` carries the sampling settings (temperature, top_k, top_p, ...; TRL builds it from the
-    GRPOConfig, so HF's top_k=50 default is not silently applied).
+    GRPOConfig, so HF's top_k=50 default is not silently applied). The KV cache serves the tokens of one turn; each
+    turn re-reads its context (prompt, earlier turns, observations) in one prefill.
     """
 
     def __init__(self, model, tokenizer, generation_config, stop_strings: Sequence[str], eos_token_ids: Sequence[int]):
@@ -177,8 +178,8 @@ def run_episodes(
     envs: Sequence,
     question_indices: Sequence[int],
     generate: TurnGenerator,
-    tokenizer,
     *,
+    tokenizer,
     step_batch,
     max_turns: int,
     max_turn_length: int,
@@ -275,7 +276,7 @@ def assign_turn_rewards(
     info_gain_type: str = "prob_diff",
     ig_clip: float | None = None,
 ) -> None:
-    """turn_rewards = [IG of each tool turn that got an observation] + [outcome]; just [outcome] when beliefs is None."""
+    """turn_rewards = [IG of each tool turn that got an observation] + [outcome]; [outcome] when beliefs is None."""
     from igpo_trainer.scoring import information_gains
 
     for n, episode in enumerate(episodes):

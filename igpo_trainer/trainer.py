@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -173,9 +174,23 @@ class IGPOTrainer(GRPOTrainer):
         indices = [int(row[QUESTION_COLUMN]) for row in rows]
         self.rollout_history.append(indices)
         envs = self._envs(len(indices))
-        tokenizer = self.processing_class
-        eos_token_id = tokenizer.eos_token_id
+        tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
+        play = partial(
+            run_episodes,
+            envs,
+            indices,
+            tokenizer=tokenizer,
+            step_batch=step_batch,
+            max_turns=args.max_turns,
+            max_turn_length=args.turn_length,
+            max_completion_length=args.max_completion_length,
+            eos_token_id=tokenizer.eos_token_id,
+            sync=self._sync_live,
+        )
+        episodes = play(VLLMTurnGenerator(self)) if self.use_vllm else None
         timer = Timer()
+        # The training model generates (transformers backend) and, in every backend, scores the beliefs: it is the
+        # policy at rollout time (vLLM holds the same weights).
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -185,24 +200,9 @@ class IGPOTrainer(GRPOTrainer):
             ) as model,
             torch.no_grad(),
         ):
-            if self.use_vllm:
-                generate = VLLMTurnGenerator(self)
-            else:
-                generate = HFTurnGenerator(
-                    model, tokenizer, self.generation_config, STOP_STRINGS[args.protocol], self.eos_token_ids
-                )
-            episodes = run_episodes(
-                envs,
-                indices,
-                generate,
-                tokenizer,
-                step_batch=step_batch,
-                max_turns=args.max_turns,
-                max_turn_length=args.turn_length,
-                max_completion_length=args.max_completion_length,
-                eos_token_id=eos_token_id,
-                sync=self._sync_live,
-            )
+            if episodes is None:
+                stop = STOP_STRINGS[args.protocol]
+                episodes = play(HFTurnGenerator(model, tokenizer, self.generation_config, stop, self.eos_token_ids))
             beliefs = None
             if args.use_information_gain:
                 with timer:

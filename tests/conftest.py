@@ -9,6 +9,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Index and web caches go to a per-session temporary directory, never the user's ~/.cache.
+if "IGPO_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["IGPO_CACHE_DIR"] = tempfile.mkdtemp(prefix="igpo-test-cache-")
 
 from igpo_envs.types import Passage, QAItem  # noqa: E402
 

@@ -145,3 +145,15 @@ def test_format_table_adds_gold_recall_when_known():
     lines = format_table(rows).splitlines()
     assert lines[0].split()[-2:] == ["gold", "recall"]
     assert lines[2].split()[-1] == "68.5" and lines[3].split()[-1] == "-" and lines[-1].split()[-1] == "68.5"
+
+
+def test_evaluate_with_information_gain_scorer(tmp_path):
+    pytest.importorskip("torch")
+    from igpo_trainer.tiny import build_tiny_model
+
+    texts = [f"{item.question} {' '.join(item.golden_answers)} <search> </search> <answer> </answer>" for item in ITEMS]
+    path = build_tiny_model(tmp_path / "tiny", texts * 20, vocab_size=300, hidden_size=32, num_layers=1)
+    result = evaluate("igpo/SearchQA-v0", "oracle", episodes=3, seed=0, env_kwargs=toy_kwargs(), batch_size=2,
+                      progress=False, ig_scorer=str(path))
+    assert result["em"] == 1.0 and result["searches"] == 1.0
+    assert isinstance(result["information_gain"], float) and result["information_gain"] == result["information_gain"]

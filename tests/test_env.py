@@ -434,3 +434,13 @@ def test_seeded_pinned_reset_fixes_the_following_order(toy_env):
     assert first == run() and first[0] == "q0"
     assert toy_env.unwrapped.item.id == first[-1]
     assert SearchQAEnv([ITEM for ITEM in toy_env.items]).item is None
+
+
+def test_vector_infos_mix_known_and_unknown_gold(toy_items, toy_retriever):
+    """q0 has gold passages, q2 has none: gold_recall is a float for one sub-env and None for the other."""
+    venv = SearchQAVectorEnv(2, questions=toy_items, retriever=toy_retriever)
+    _, info = venv.reset(options={"question_id": ["q0", "q2"]})
+    obs, _, _, _, info = venv.step(["<search> Zorblat </search>", "<search> Uppsala </search>"])
+    assert info["gold_recall"].tolist() == [1.0, None] and info["_gold_recall"].all()
+    assert info["turn"].dtype == np.int_ and info["turn"].tolist() == [1, 1]
+    assert venv.last_infos[1]["question_id"] == "q2"

@@ -66,7 +66,7 @@ def mask(*bits) -> torch.Tensor:
 PROBE, PROBE_MASK = rand_ids(9, 1), mask(0, 0, 1, 1, 1, 1, 0, 0, 0)  # "<answer> a b c d </answer>"-like
 
 
-@pytest.mark.parametrize("method", ["packed", "cached"])
+@pytest.mark.parametrize("method", ["auto", "packed", "cached"])
 def test_packed_equals_per_prefix_passes(model, method):
     seq, bounds = rand_ids(60, 2), [4, 17, 33, 60]
     expected = per_prefix_answer_logprobs(model, seq, bounds, PROBE, PROBE_MASK)
@@ -84,17 +84,31 @@ def test_reference_is_sensitive_to_the_prefix(model):
     assert (a - b).abs().max() > 100 * ATOL
 
 
-@pytest.mark.parametrize("method", ["packed", "cached"])
-@pytest.mark.parametrize("max_rows", [None, 2])
-def test_batch_equals_per_prefix_passes(model, method, max_rows):
+@pytest.mark.parametrize("method", ["auto", "packed", "cached"])
+@pytest.mark.parametrize(
+    "chunking",
+    [{}, {"max_padding": 10.0}, {"max_rows": 2, "max_padding": 10.0}, {"max_mask_elements": 60 * 60, "max_padding": 10.0}],
+    ids=["default", "one_padded_pass", "max_rows", "mask_budget"],
+)
+def test_batch_equals_per_prefix_passes(model, method, chunking):
     seqs = [rand_ids(n, 10 + n) for n in (12, 45, 30, 7)]
     bounds = [[3, 12], [1, 9, 20, 45], [30], [2, 4, 6, 7]]
     probes = [rand_ids(n, 20 + n) for n in (4, 11, 3, 6)]
     masks = [mask(1, 1, 0, 0), mask(0, 0, 1, 1, 1, 1, 1, 0, 1, 0, 0), mask(0, 1, 0), mask(0, 0, 0, 0, 0, 1)]
-    got = batch_answer_logprobs(model, seqs, bounds, probes, masks, method=method, max_rows=max_rows)
+    got = batch_answer_logprobs(model, seqs, bounds, probes, masks, method=method, **chunking)
     assert [g.shape for g in got] == [(len(b),) for b in bounds]
     for s, b, p, m, g in zip(seqs, bounds, probes, masks, got):
         torch.testing.assert_close(g, per_prefix_answer_logprobs(model, s, b, p, m), atol=ATOL, rtol=0)
+
+
+def test_rows_are_grouped_by_length_with_bounded_padding():
+    from igpo_envs.information_gain.packed import _chunks, _prepare_row
+
+    rows = [_prepare_row(rand_ids(n, n), [n], PROBE, PROBE_MASK) for n in (100, 10, 95, 12, 400)]  # probe adds 5
+    assert _chunks(rows, 8, 2**26, 0.25) == [[1, 3], [2, 0], [4]]
+    assert _chunks(rows, 8, 2**26, 10.0) == [[1, 3, 2, 0, 4]]
+    assert _chunks(rows, 2, 2**26, 10.0) == [[1, 3], [2, 0], [4]]
+    assert _chunks(rows, 8, 3 * 105 * 105, 10.0) == [[1, 3, 2], [0], [4]]
 
 
 def test_batch_with_one_shared_probe(model):
@@ -104,7 +118,7 @@ def test_batch_with_one_shared_probe(model):
         torch.testing.assert_close(g, per_prefix_answer_logprobs(model, s, b, PROBE, PROBE_MASK), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["packed", "cached"])
+@pytest.mark.parametrize("method", ["auto", "packed", "cached"])
 @pytest.mark.parametrize(
     "case",
     [
@@ -145,8 +159,11 @@ def test_scoring_keeps_mode_and_no_gradient():
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_sliding_window_layers(attn):
+def test_sliding_window_layers(attn, monkeypatch):
     """Qwen2 with sliding-window layers: each layer type gets its own mask, windowed by position distance."""
+    import igpo_envs.information_gain.packed as packed
+
+    monkeypatch.setattr(packed, "AUTO_PACKED_MAX_TOKENS", 10)  # "auto" must still pick "packed" here
     model = tiny_model("qwen2", attn, use_sliding_window=True, sliding_window=8, max_window_layers=1)
     assert "sliding_attention" in model.config.layer_types
     seq, bounds = rand_ids(40, 8), [5, 22, 40]
@@ -154,6 +171,24 @@ def test_sliding_window_layers(attn):
     torch.testing.assert_close(answer_logprobs(model, seq, bounds, PROBE, PROBE_MASK), expected, atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="sliding-window"):
         answer_logprobs(model, seq, bounds, PROBE, PROBE_MASK, method="cached")
+
+
+def test_auto_switches_to_the_cache_for_wide_rows(monkeypatch):
+    import igpo_envs.information_gain.packed as packed
+
+    calls = []
+    for name in ("_score_packed", "_score_cached"):
+        original = getattr(packed, name)
+        monkeypatch.setattr(packed, name, lambda m, rows, f=original, n=name: calls.append(n) or f(m, rows))
+    monkeypatch.setattr(packed, "AUTO_PACKED_MAX_TOKENS", 40)
+    model = tiny_model("qwen2", "sdpa")
+    short, wide = rand_ids(20, 11), rand_ids(60, 12)
+    for seq in (short, wide):
+        torch.testing.assert_close(
+            answer_logprobs(model, seq, [5, len(seq)], PROBE, PROBE_MASK),
+            per_prefix_answer_logprobs(model, seq, [5, len(seq)], PROBE, PROBE_MASK), atol=ATOL, rtol=0,
+        )
+    assert calls == ["_score_packed", "_score_cached"]
 
 
 @pytest.mark.parametrize(
@@ -176,6 +211,13 @@ def test_bad_input_is_a_clear_error(kwargs, message):
     args = {"input_ids": rand_ids(20, 9), "boundaries": [5, 20], "probe_ids": PROBE, "score_mask": PROBE_MASK} | kwargs
     with pytest.raises(ValueError, match=message):
         answer_logprobs(model, **args)
+
+
+def test_attention_without_custom_masks_is_refused():
+    model = tiny_model("qwen2", "sdpa")
+    model.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask: would silently ignore ours
+    with pytest.raises(ValueError, match="custom 4-D mask.*flash_attention_2"):
+        answer_logprobs(model, rand_ids(20, 9), [5, 20], PROBE, PROBE_MASK)
 
 
 def test_batch_errors_name_the_sequence():
@@ -305,6 +347,8 @@ def test_scorer_validates_its_options(scorer):
         InformationGainScorer(scorer.model, scorer.tokenizer, protocol="xml")
     with pytest.raises(ValueError, match="unknown info_gain_type"):
         InformationGainScorer(scorer.model, scorer.tokenizer, info_gain_type="kl")
+    with pytest.raises(ValueError, match="unknown method"):
+        InformationGainScorer(scorer.model, scorer.tokenizer, method="fast")
 
 
 def test_scorer_from_pretrained(tmp_path, scorer):

@@ -71,6 +71,15 @@ def test_pool_answers_like_the_index_and_survives_a_killed_actor(cluster, index_
         # The replacement serves later batches too.
         assert pool.search(queries[:50], 5) == expected[:50]
 
+        # The env takes the pool as its retriever.
+        from igpo_envs.env import SearchQAEnv
+        from igpo_envs.types import QAItem
+
+        env = SearchQAEnv(questions=[QAItem("q", "Who lobbied for Genentech?", ("Evan Morris",))], retriever=pool)
+        env.reset(seed=0)
+        observation, *_ = env.step("<search> Genentech lobbyist Roche </search>")
+        assert "Evan Morris" in observation
+
 
 def test_pool_refuses_a_mismatched_corpus(cluster, index_dir, tmp_path):
     other = tmp_path / "other.jsonl"

@@ -214,7 +214,8 @@ def test_pickle_round_trip(wiki):
     data = pickle.dumps(wiki)
     assert len(data) < 10_000  # a reference to the index directory, not the index
     clone = pickle.loads(data)
-    assert clone.content_hash == wiki.content_hash and clone.search(["Evan Morris"], 3) == wiki.search(["Evan Morris"], 3)
+    assert clone.content_hash == wiki.content_hash
+    assert clone.search(["Evan Morris"], 3) == wiki.search(["Evan Morris"], 3)
 
 
 def test_stopword_only_and_unknown_queries_return_empty(wiki):
@@ -278,7 +279,7 @@ def test_second_construction_loads_the_cached_index(tmp_path, monkeypatch):
 def test_from_passages_is_cached_and_cache_dir_env_var(tmp_path, monkeypatch):
     monkeypatch.setenv("IGPO_CACHE_DIR", str(tmp_path / "envcache"))
     first = BM25Retriever.from_passages(SMALL)
-    assert first.index_dir.parent == tmp_path / "envcache" and not first.loaded_from_cache
+    assert first.index_dir.parent == tmp_path / "envcache" / "indexes" and not first.loaded_from_cache
     second = BM25Retriever.from_passages(list(SMALL))
     assert second.loaded_from_cache and second.content_hash == first.content_hash
 
@@ -290,6 +291,24 @@ def test_broken_cache_directory_is_rebuilt(tmp_path):
     assert not second.loaded_from_cache
     assert second.search(["Uppsala city"], 1)[0][0].id == "d"
     assert BM25Retriever.from_passages(SMALL, cache_dir=tmp_path).loaded_from_cache
+
+
+def test_build_index_and_open_a_prebuilt_directory(tmp_path):
+    from igpo_envs.search.bm25 import build_index
+    from igpo_envs.search.manifest import IndexManifestError
+
+    manifest = build_index(iter(SMALL), tmp_path / "idx", content_hash="abc123", source="small", batch_rows=3)
+    assert (manifest.engine, manifest.num_docs, manifest.corpus_sha256) == ("bm25s", 4, "abc123")
+    opened = BM25Retriever.from_index_dir(tmp_path / "idx", content_hash="abc123")
+    assert opened.content_hash == "abc123" and len(opened) == 4
+    # passages written in several Arrow batches come back in index order
+    assert [p.id for p in opened.search(["Uppsala Sweden", "Zorblat"], 1)[0]] == ["d"]
+    assert opened.search(["Zorblat planet"], 1)[0][0] == Passage("a", "Zorblat", SMALL[0].text,
+                                                                 opened.search(["Zorblat planet"], 1)[0][0].score)
+    with pytest.raises(IndexManifestError, match="abc123"):
+        BM25Retriever.from_index_dir(tmp_path / "idx", content_hash="other")
+    with pytest.raises(IndexManifestError, match="not found"):
+        BM25Retriever.from_index_dir(tmp_path)
 
 
 # -- make_retriever ---------------------------------------------------------------------------------------------------

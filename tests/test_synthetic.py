@@ -53,6 +53,26 @@ def test_world_shape_and_unique_names(world):
     assert not title_words & {w for a in aliases for w in a.split()}  # an alias never shares a word with a name
     for p in passages:
         assert p.text.count(p.title) >= 2  # stated in the text, not only in the title
+    # The retriever stems words: look-alikes ("Vesa" / "Vesan") must stay distinct index terms.
+    import Stemmer
+
+    words = sorted({w.lower() for w in title_words})
+    assert len(set(Stemmer.Stemmer("english").stemWords(words))) == len(words)
+
+
+# How each relation's target is stated in the source's passage (independent of the generator's templates).
+STATED_AS = {
+    "director": r"directed by {}\b", "producer": r"produced by {}\.", "lead": r"\. {} plays the lead role",
+    "studio": r"made by {}\.", "release_year": r"released in {}\.", "birthplace": r"born in \d+ in {}\.",
+    "employer": r"works for {}\.", "birth_year": r"born in {} in", "founder": r"founded in \d+ by {}\.",
+    "headquarters": r"headquartered in {}\.", "founding_year": r"founded in {} by", "mayor": r"The mayor of .+ is {}\.",
+    "country": r"is a city in {}\.",
+}
+
+
+def _states(text: str, phrase: str) -> bool:
+    """``phrase`` occurs in ``text`` as whole words ("Tizu Fami" is not stated by "Tizu Famir")."""
+    return re.search(rf"\b{re.escape(phrase)}\b", text) is not None
 
 
 @pytest.mark.parametrize("hops", [1, 2, 3, 4])
@@ -62,12 +82,14 @@ def test_gold_passages_contain_the_answer_chain(world, hops, hard):
         queries = item.metadata["oracle_queries"]
         assert item.metadata["hops"] == hops == len(queries) == len(item.gold_passage_ids)
         texts = [world.passages[int(pid.split("-")[1])].text for pid in item.gold_passage_ids]
-        assert queries[0] in item.question  # hop 1: the entity the question names
-        assert queries[0] in texts[0]
-        for j in range(1, hops):  # hop j+1's query is a name stated in hop j's gold passage
-            assert queries[j] in texts[j - 1]
+        assert _states(item.question, queries[0])  # hop 1: the entity the question names
+        assert _states(texts[0], queries[0])
+        relations = item.metadata["relations"]
+        for j in range(1, hops):  # hop j+1's query is the name hop j's relation states in hop j's gold passage
+            assert re.search(STATED_AS[relations[j - 1]].format(re.escape(queries[j])), texts[j - 1])
             assert world.passages[int(item.gold_passage_ids[j].split("-")[1])].title == queries[j]
-        assert item.golden_answers[0] in texts[-1]  # the answer is read off the last gold passage
+        # The answer is stated plainly, once, by the last relation's sentence of the last gold passage.
+        assert re.search(STATED_AS[relations[-1]].format(re.escape(item.golden_answers[0])), texts[-1])
         assert not any(q in item.question for q in queries[1:])  # later hops are not given away
         walk = [*item.gold_passage_ids, item.metadata["answer_passage_id"]]
         walk = [pid for pid in walk if pid is not None]
@@ -131,6 +153,9 @@ def test_num_docs_knob():
 def test_vocabulary_is_small(world):
     words = {w.lower() for text in world.vocabulary_texts() for w in re.findall(r"\w+", text)}
     assert 200 < len(words) < 1000  # a tiny word-level tokenizer (600-2000 tokens) covers it
+    unseen = world.questions(300, hops=[1, 2, 3, 4], seed=99, hard_queries=True)
+    unseen += world.questions(300, hops=[1, 2, 3, 4], seed=98)
+    assert {w.lower() for q in unseen for w in re.findall(r"\w+", q.question + " ".join(q.golden_answers))} <= words
 
 
 @pytest.mark.parametrize("hops", [2, 3])

@@ -8,6 +8,8 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+from conftest import KeywordRetriever  # noqa: E402  (the shared in-test retriever: word overlap)
+
 from igpo_envs.env import SearchQAEnv, step_batch  # noqa: E402
 from igpo_envs.protocol import format_observation, render_prompt  # noqa: E402
 from igpo_envs.types import Passage, QAItem  # noqa: E402
@@ -21,22 +23,17 @@ from igpo_trainer.rollout import (  # noqa: E402
     run_episodes,
 )
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one intra-op thread; on a shared 2-core machine two spinning OpenMP threads made
+    these steps ~50x slower. Restored after the module so other test files keep their setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 N_QUESTIONS = 10
-
-
-class WordOverlapRetriever:
-    """A deterministic toy retriever: passages ranked by words shared with the query."""
-
-    content_hash = "word-overlap-test"
-
-    def __init__(self, passages):
-        self.passages = passages
-
-    def search(self, queries, topk):
-        def score(p, words):
-            return -len(words & set(f"{p.title} {p.text}".lower().split()))
-
-        return [sorted(self.passages, key=lambda p: score(p, set(q.lower().split())))[:topk] for q in queries]
 
 
 PASSAGES = [Passage(f"d{i}", f"Film {i}", f"Film {i} was directed by Person {i}.") for i in range(N_QUESTIONS)]
@@ -48,13 +45,13 @@ ITEMS = [
 
 def make_world_env(**kwargs):
     settings = {"max_turns": 3, "topk": 2, **kwargs}
-    return SearchQAEnv(questions=ITEMS, retriever=WordOverlapRetriever(PASSAGES), **settings)
+    return SearchQAEnv(questions=ITEMS, retriever=KeywordRetriever(PASSAGES), **settings)
 
 
 def oracle_completion(i: int) -> str:
     """Odd questions: search then answer; even ones: answer at once (so groups mix 1- and 2-turn episodes)."""
     if i % 2:
-        passages = WordOverlapRetriever(PASSAGES).search([f"Film {i}"], 2)[0]
+        passages = KeywordRetriever(PASSAGES).search([f"Film {i}"], 2)[0]
         return f"<search> Film {i} </search>" + observation_text(format_observation(passages, "tag")) + (
             f"<answer> Person {i} </answer>"
         )
@@ -73,24 +70,63 @@ def tiny_model_dir(tmp_path_factory):
     texts = [render_prompt(it.question) for it in ITEMS] + [oracle_completion(i) for i in range(N_QUESTIONS)]
     build_tiny_model(out, texts, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, vocab_size=400, seed=0)
     tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
-    torch.manual_seed(0)
     seqs = [
         encode_prompt(tokenizer, render_prompt(it.question))
         + tokenizer(oracle_completion(i), add_special_tokens=False)["input_ids"]
         + [tokenizer.eos_token_id]
         for i, it in enumerate(ITEMS)
     ]
+    sft(model, tokenizer, seqs, steps=60)
+    model.save_pretrained(out)
+    return out
+
+
+SYNTH = {"num_docs": 60, "hops": 1, "num_questions": 8, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def synth_model_dir(tmp_path_factory):
+    """A tiny Qwen2 warm-started (seconds of SFT) on oracle episodes of igpo/SynthMultiHop-v0: mostly search then
+    answer, some answer at once, so its own rollouts mix searches, answers and format errors."""
+    import gymnasium as gym
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import igpo_envs  # noqa: F401
+    from igpo_trainer.cli import build_tiny_for_env
+
+    env = gym.make("igpo/SynthMultiHop-v0", topk=1, max_turns=3, **SYNTH).unwrapped
+    out = tmp_path_factory.mktemp("tiny_synth")
+    build_tiny_for_env(env, str(out), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, vocab_size=600)
+    tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    seqs = []
+    for i, item in enumerate(env.items):
+        prompt, _ = env.reset(options={"question_index": i})
+        completion = ""
+        if i % 4 != 3:
+            for query in item.metadata["oracle_queries"]:
+                action = f"<search> {query} </search>"
+                observation, *_ = env.step(action)
+                completion += action + observation_text(observation)
+        completion += f"<answer> {item.golden_answers[0]} </answer>"
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        seqs.append(encode_prompt(tokenizer, prompt) + ids + [tokenizer.eos_token_id])
+    sft(model, tokenizer, seqs, steps=60)
+    model.save_pretrained(out)
+    return out
+
+
+def sft(model, tokenizer, seqs, steps, lr=1e-2):
+    """A few full-batch causal-LM steps: just enough for a tiny model to speak the protocol."""
+    torch.manual_seed(0)
     width = max(map(len, seqs))
     ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
     labels = ids.masked_fill(mask == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    model.save_pretrained(out)
-    return out
 
 
 def make_config(tmp_path, **overrides):
@@ -108,6 +144,7 @@ def make_config(tmp_path, **overrides):
         max_turns=3,
         logging_steps=1,
         learning_rate=1e-3,
+        lr_scheduler_type="constant",  # an interrupted run and a full run follow the same schedule
         save_strategy="no",
         seed=0,
     )
@@ -152,19 +189,21 @@ def test_constructed_rollout_masks_observations_and_broadcasts_turn_advantages(t
     envs = [make_world_env() for _ in range(2)]
     policy = ScriptedPolicy(tokenizer, ["<search> Film 3 </search>", "<answer> Person 3 </answer>"])
     episodes = run_episodes(
-        envs, [3, 5], policy, tokenizer, step_batch=step_batch, max_turns=3, max_turn_length=24,
+        envs, [3, 5], policy, tokenizer=tokenizer, step_batch=step_batch, max_turns=3, max_turn_length=24,
         max_completion_length=400, eos_token_id=tokenizer.eos_token_id,
     )
     assert policy.calls == [2, 2]  # one batched generation call per turn for all live rollouts
     search_ids = tokenizer("<search> Film 3 </search>", add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer("<answer> Person 3 </answer>", add_special_tokens=False)["input_ids"]
     for episode, index in zip(episodes, [3, 5]):
-        observation = observation_text(format_observation(WordOverlapRetriever(PASSAGES).search(["Film 3"], 2)[0], "tag"))
+        passages = KeywordRetriever(PASSAGES).search(["Film 3"], 2)[0]
+        observation = observation_text(format_observation(passages, "tag"))
         obs_ids = tokenizer(observation, add_special_tokens=False)["input_ids"]
         assert episode.completion_ids == search_ids + obs_ids + answer_ids + [tokenizer.eos_token_id]
         assert episode.env_mask == [1] * len(search_ids) + [0] * len(obs_ids) + [1] * len(answer_ids) + [0]
         assert episode.token_turn == [0] * len(search_ids) + [-1] * len(obs_ids) + [1] * len(answer_ids) + [-1]
-        assert episode.belief_boundaries == [len(episode.prompt_ids), len(episode.prompt_ids) + len(search_ids) + len(obs_ids)]
+        prompt_len = len(episode.prompt_ids)
+        assert episode.belief_boundaries == [prompt_len, prompt_len + len(search_ids) + len(obs_ids)]
         assert episode.num_turns == 2 and episode.num_searches == 1 and episode.done
         assert episode.question_index == index
     assert episodes[0].outcome == 1.0 and episodes[0].gold_recall == 1.0  # question 3: right answer, gold retrieved
@@ -187,15 +226,16 @@ def test_format_error_and_token_budget_end_episodes(tiny_model_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     bad = run_episodes(
-        [make_world_env()], [1], ScriptedPolicy(tokenizer, ["Film 1 please"]), tokenizer, step_batch=step_batch,
-        max_turns=3, max_turn_length=24, max_completion_length=400, eos_token_id=tokenizer.eos_token_id,
+        [make_world_env()], [1], ScriptedPolicy(tokenizer, ["Film 1 please"]), tokenizer=tokenizer,
+        step_batch=step_batch, max_turns=3, max_turn_length=24, max_completion_length=400,
+        eos_token_id=tokenizer.eos_token_id,
     )[0]
     assert bad.done and bad.format_error and bad.outcome == -2.0 and bad.num_turns == 1
     assert bad.completion_ids[-1] == tokenizer.eos_token_id and bad.env_mask[-1] == 0  # closed with EOS, not trained
 
     search_ids = tokenizer("<search> Film 1 </search>", add_special_tokens=False)["input_ids"]
     full = run_episodes(
-        [make_world_env()], [1], ScriptedPolicy(tokenizer, ["<search> Film 1 </search>"] * 3), tokenizer,
+        [make_world_env()], [1], ScriptedPolicy(tokenizer, ["<search> Film 1 </search>"] * 3), tokenizer=tokenizer,
         step_batch=step_batch, max_turns=3, max_turn_length=24, max_completion_length=len(search_ids) + 3,
         eos_token_id=tokenizer.eos_token_id,
     )[0]
@@ -207,8 +247,11 @@ def test_format_error_and_token_budget_end_episodes(tiny_model_dir):
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end with TRL
 # ---------------------------------------------------------------------------------------------------------------------
-def test_igpo_steps_change_weights_log_finite_metrics_and_use_turn_advantages(tiny_model_dir, tmp_path):
-    trainer = IGPOTrainer(model=str(tiny_model_dir), args=make_config(tmp_path), env=make_world_env())
+def test_igpo_steps_change_weights_log_finite_metrics_and_use_turn_advantages(synth_model_dir, tmp_path):
+    """A few IGPO steps on igpo/SynthMultiHop-v0 (built from the config's env_id/env_kwargs) with a tiny local model."""
+    args = make_config(tmp_path, env_id="igpo/SynthMultiHop-v0", env_kwargs=SYNTH, topk=1, max_completion_length=160,
+                       max_turn_length=32)
+    trainer = IGPOTrainer(model=str(synth_model_dir), args=args)
     captured = capture_generations(trainer)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
@@ -271,12 +314,13 @@ def test_resume_from_checkpoint_restores_step_and_data_order(tiny_model_dir, tmp
         model=str(tiny_model_dir), args=make_config(tmp_path / "full", max_steps=4), env=make_world_env()
     )
     full.train()
-    first = IGPOTrainer(
+    interrupted = IGPOTrainer(  # the same run, stopped after its checkpoint at step 2
         model=str(tiny_model_dir),
-        args=make_config(tmp_path / "resumed", max_steps=4, save_strategy="steps", save_steps=2),
+        args=make_config(tmp_path / "resumed", max_steps=2, save_strategy="steps", save_steps=2),
         env=make_world_env(),
     )
-    first.train()
+    interrupted.train()
+    assert interrupted.rollout_history == full.rollout_history[:2]
     checkpoint = tmp_path / "resumed" / "run" / "checkpoint-2"
     assert checkpoint.is_dir()
     resumed = IGPOTrainer(
@@ -288,6 +332,25 @@ def test_resume_from_checkpoint_restores_step_and_data_order(tiny_model_dir, tmp
     assert resumed.state.global_step == 4
     assert len(resumed.rollout_history) == 2  # only steps 3 and 4 were generated after resuming
     assert resumed.rollout_history == full.rollout_history[2:]  # the same questions, in the same order
+
+
+def test_ig_clip_bounds_information_gain_rewards():
+    from igpo_trainer.rollout import Episode
+
+    episode = Episode(prompt_ids=[1], golden_answers=("x",), num_turns=3, outcome=1.0)
+    beliefs = [torch.tensor([math.log(0.1), math.log(0.9), math.log(0.2)])]
+    assign_turn_rewards([episode], beliefs, info_gain_type="prob_diff", ig_clip=0.5)
+    assert episode.turn_rewards == pytest.approx([0.5, -0.5, 1.0])  # IG 0.8 and -0.7 clipped, outcome untouched
+    assign_turn_rewards([episode], beliefs, info_gain_type="log_prob_diff")
+    assert episode.turn_rewards == pytest.approx([math.log(9), math.log(2 / 9), 1.0])
+    with pytest.raises(RuntimeError, match="bookkeeping"):  # beliefs must match the turns played
+        assign_turn_rewards([episode], [torch.tensor([0.0, 0.0])])
+
+
+def test_trainer_and_config_are_trl_subclasses():
+    from trl import GRPOConfig, GRPOTrainer
+
+    assert issubclass(IGPOTrainer, GRPOTrainer) and issubclass(IGPOConfig, GRPOConfig)
 
 
 def test_config_validates_values():
@@ -304,3 +367,50 @@ def test_config_validates_values():
         IGPOConfig(env_kwargs="{hops: 2", **common)
     config = IGPOConfig(env_kwargs='{"hops": 2}', max_turns=4, **common)
     assert config.env_make_kwargs() == {"protocol": "tag", "topk": 3, "max_turns": 4, "format_penalty": -2.0, "hops": 2}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI and configs
+# ---------------------------------------------------------------------------------------------------------------------
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+@pytest.mark.parametrize("name", ["cpu_tiny_synth.yaml", "gpu_qwen2.5_7b_paper.yaml"])
+def test_shipped_configs_parse_into_igpo_config(name):
+    from igpo_trainer.cli import make_parser
+
+    # bf16 cannot be validated on a CPU machine; every other key must be a known field with a valid value
+    script, config, model = make_parser().parse_args_and_config(
+        args=["--config", os.path.join(CONFIGS, name), "--bf16", "false", "--use_cpu", "true"]
+    )
+    assert isinstance(config, IGPOConfig) and config.use_information_gain and config.info_gain_norm == "joint"
+    assert config.gamma == 1.0 and config.format_penalty == -2.0 and model.model_name_or_path
+    if name.startswith("gpu"):  # the paper's setting
+        assert model.model_name_or_path == "Qwen/Qwen2.5-7B-Instruct"
+        assert (config.learning_rate, config.num_generations, config.max_turns) == (1e-6, 16, 10)
+        assert (config.beta, config.epsilon, config.use_vllm) == (0.001, 0.2, True)
+
+
+def test_cli_trains_on_the_synthetic_env_and_resumes_latest(tmp_path):
+    """igpo-train end to end on igpo/SynthMultiHop-v0: builds a tiny model, trains a step, resumes for a second."""
+    from igpo_trainer.cli import main
+
+    model_dir, out = tmp_path / "model", tmp_path / "run"
+    common = [
+        "--config", os.path.join(CONFIGS, "cpu_tiny_synth.yaml"),
+        "--model_name_or_path", str(model_dir), "--output_dir", str(out),
+        "--env_kwargs", '{"num_docs": 60, "hops": 1, "num_questions": 8}',
+        "--per_device_train_batch_size", "8", "--num_generations", "4", "--save_steps", "1",
+        "--max_completion_length", "64", "--max_turn_length", "16", "--max_turns", "2",
+    ]
+    assert main([*common, "--max_steps", "1"]) == 0
+    assert (model_dir / "config.json").is_file() and (out / "checkpoint-1").is_dir()
+    assert main([*common, "--max_steps", "2", "--resume_from_checkpoint", "latest"]) == 0
+    assert (out / "checkpoint-2").is_dir()
+    import json
+
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    logs = [h for h in state["log_history"] if "igpo/f1" in h]
+    assert [h["step"] for h in logs] == [1, 2]  # the resumed run kept step 1's log and added step 2
+    assert all(math.isfinite(h["igpo/format_error"]) and math.isfinite(h["reward"]) for h in logs)

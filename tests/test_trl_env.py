@@ -9,23 +9,29 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+from conftest import KeywordRetriever  # noqa: E402  (the shared in-test retriever: word overlap)
+
 from igpo_envs.env import SearchQAEnv  # noqa: E402
 from igpo_envs.types import Passage, QAItem  # noqa: E402
 from igpo_trainer.trl_env import TASK_TEXT, IGPOToolEnv, tool_env_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one intra-op thread; on a shared 2-core machine two spinning OpenMP threads made
+    these steps ~50x slower. Restored after the module so other test files keep their setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 PASSAGES = [Passage(f"d{i}", f"Film {i}", f"Film {i} was directed by Person {i}.") for i in range(6)]
 ITEMS = [QAItem(f"q{i}", f"Who directed Film {i}?", (f"Person {i}",)) for i in range(6)]
 
 
-class TitleRetriever:
-    content_hash = "title-test"
-
-    def search(self, queries, topk):
-        return [[p for p in PASSAGES if p.title.lower() in q.lower()][:topk] or PASSAGES[:topk] for q in queries]
-
-
 def make_base_env(**kwargs):
-    return SearchQAEnv(questions=ITEMS, retriever=TitleRetriever(), protocol="tool_call", max_turns=3, **kwargs)
+    retriever = KeywordRetriever(PASSAGES)
+    return SearchQAEnv(questions=ITEMS, retriever=retriever, protocol="tool_call", max_turns=3, **kwargs)
 
 
 def test_adapter_runs_an_episode_and_owns_the_reward():
@@ -61,7 +67,8 @@ def test_adapter_exposes_only_search_and_answer_as_tools():
 
 
 def test_factory_shares_the_corpus_and_dataset_checks_indices():
-    factory = IGPOToolEnv.factory("igpo/SearchQA-v0", questions=ITEMS, retriever=TitleRetriever(), max_turns=3)
+    retriever = KeywordRetriever(PASSAGES)
+    factory = IGPOToolEnv.factory("igpo/SearchQA-v0", questions=ITEMS, retriever=retriever, max_turns=3)
     first, second = factory(), factory()
     assert first.env is not second.env and first.env.unwrapped.retriever is second.env.unwrapped.retriever
     assert first.env.unwrapped.protocol == "tool_call"
@@ -111,7 +118,11 @@ def test_trl_grpo_trainer_trains_a_step_with_the_adapter(tool_model_dir, tmp_pat
     # Rollouts of a group differ: even rows answer "Person 1", odd rows "Nobody"; then every rollout says "Done."
     search = '<tool_call>\n{"name": "search", "arguments": {"query": "Film 1"}}\n</tool_call>'
     answer = '<tool_call>\n{"name": "answer", "arguments": {"answer": "%s"}}\n</tool_call>'
-    scripted = [lambda row: search, lambda row: answer % ("Person 1" if row % 2 == 0 else "Nobody"), lambda row: "Done."]
+    scripted = [
+        lambda row: search,
+        lambda row: answer % ("Person 1" if row % 2 == 0 else "Nobody"),
+        lambda row: "Done.",
+    ]
     calls = []
 
     def generate(prompt_ids, *args, **kwargs):

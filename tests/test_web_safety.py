@@ -119,6 +119,8 @@ REFUSED = [
     ("http://127.0.0.1\\@public.test/", "backslash"),
     ("http://public.test /", "whitespace"),
     ("http://[::1/", "malformed"),
+    ("http://%31%32%37.0.0.1/", "loopback"),  # percent-encoded host
+    ("http://\u2460\u2461\u2466.0.0.1/", "refusing|malformed|cannot resolve"),  # circled digits (NFKC -> 127)
     ("http://127.0.0.1:99999/", "malformed"),
     # host names that resolve to non-public addresses
     ("http://localhost/", "loopback"),

@@ -9,6 +9,8 @@ lets copy k see only the first ``b_k`` rollout tokens and itself (causally), and
 * ``method="packed"``: one call; rollout and probe copies share one 4-D mask of size (T, T).
 * ``method="cached"``: two calls; the rollout alone (causal, the cost GRPO's old-log-prob pass already pays), then the
   probe copies against its KV cache with a (P, L + P) mask. Same numbers, smaller mask, no wasted rollout-to-probe block.
+* ``method="auto"`` (default): "packed" up to `AUTO_PACKED_MAX_TOKENS` tokens per row, "cached" beyond (and always
+  "packed" for sliding-window models, whose cache drops old keys).
 
 Only the probe positions that predict a scored token go through the LM head (``logits_to_keep`` with explicit
 positions), and probe tokens after the last scored one are never fed: they cannot change an earlier prediction.
@@ -21,7 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-METHODS = ("packed", "cached")
+METHODS = ("auto", "packed", "cached")
+#: With method="auto", passes wider than this many tokens use "cached". Measured (benchmarks/ig_scoring.py, CPU):
+#: below ~1k tokens one call wins (a second call re-reads every weight); above it, the dense (T, T) masked attention
+#: of "packed" costs more than the causal rollout attention of "cached".
+AUTO_PACKED_MAX_TOKENS = 1024
 
 
 @dataclass
@@ -91,12 +97,25 @@ def _layer_windows(config) -> list[int | None]:
     return windows
 
 
+_MASKED_ATTENTION = ("eager", "sdpa")
+
+
+def _check_attention(config) -> None:
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in _MASKED_ATTENTION:
+        raise ValueError(
+            f"answer_logprobs needs an attention implementation that takes a custom 4-D mask {_MASKED_ATTENTION}; "
+            f"the model uses {impl!r} (load it with attn_implementation='sdpa')"
+        )
+
+
 def _as_model_mask(allowed: torch.Tensor, q_pos, kv_pos, config, dtype) -> torch.Tensor | dict:
     """Turn a boolean (B, Q, KV) visibility into the additive (B, 1, Q, KV) float mask(s) the model takes.
 
     Float, not boolean: eager attention adds the mask to the scores, so a boolean mask would be added as 0/1.
     Models with sliding-window layers get one mask per layer type (the model accepts that dict as-is).
     """
+    _check_attention(config)
     masks = {}
     for window in _layer_windows(config):
         visible = allowed if window is None else allowed & (q_pos[:, :, None] - kv_pos[:, None, :] < window)
@@ -245,6 +264,15 @@ def _score_cached(model, rows: list[_Row]) -> list[torch.Tensor]:
     return _probe_pass(model, rows, _rollout_pass(model, rows))
 
 
+def _score_auto(model, rows: list[_Row]) -> list[torch.Tensor]:
+    wide = max(r.packed_len for r in rows) > AUTO_PACKED_MAX_TOKENS
+    sliding = any(w is not None for w in _layer_windows(model.config))
+    return _score_cached(model, rows) if wide and not sliding else _score_packed(model, rows)
+
+
+_SCORERS = {"auto": _score_auto, "packed": _score_packed, "cached": _score_cached}
+
+
 def _broadcast(value, n: int, what: str) -> list:
     """A per-rollout list, or one value shared by every rollout (a tensor or a flat list of ints/bools)."""
     if isinstance(value, torch.Tensor) or (isinstance(value, Sequence) and value and not hasattr(value[0], "__len__")):
@@ -263,8 +291,10 @@ def batch_answer_logprobs(
     probe_ids,
     score_masks,
     *,
-    method: str = "packed",
+    method: str = "auto",
     max_rows: int | None = None,
+    max_mask_elements: int = 2**26,
+    max_padding: float = 0.25,
 ) -> list[torch.Tensor]:
     """`answer_logprobs` for a group of rollouts of different lengths, scored together.
 
@@ -274,9 +304,13 @@ def batch_answer_logprobs(
         boundaries: per rollout, the prefix lengths after which the probe is scored (v_0..v_K).
         probe_ids: one probe per rollout, or a single probe shared by all.
         score_masks: per probe, a boolean mask of the scored (answer) tokens; or a single mask shared by all.
-        method: ``"packed"`` (one call, rollout and probes under one mask) or ``"cached"`` (rollouts first, then the
-            probes against their KV cache); both give the same numbers.
-        max_rows: score at most this many rollouts per forward pass (bounds memory); None = all at once.
+        method: ``"packed"`` (one call, rollout and probes under one mask), ``"cached"`` (rollouts first, then the
+            probes against their KV cache) or ``"auto"`` (the faster of the two by row width); all give the same numbers.
+        max_rows: score at most this many rollouts per forward pass; None = as many as ``max_mask_elements`` allows.
+        max_mask_elements: bound on rows x T x T of one pass's attention mask (2**26: 256 MiB in float32); longer
+            groups are split into several passes. A single row is never split.
+        max_padding: a rollout joins a pass only while padded tokens stay below this fraction of real ones
+            (rollouts are sorted by length first); raise it on hardware where batch width is free.
 
     Returns:
         A list with, per rollout, a float32 tensor of shape ``(len(boundaries[i]),)`` on the model's device.
@@ -291,19 +325,41 @@ def batch_answer_logprobs(
     probes, masks = _broadcast(probe_ids, n, "probe_ids"), _broadcast(score_masks, n, "score_masks")
     where = (lambda i: f"sequence {i}: ") if n > 1 else (lambda i: "")
     rows = [_prepare_row(sequences[i], boundaries[i], probes[i], masks[i], where(i)) for i in range(n)]
-    score = _score_packed if method == "packed" else _score_cached
-    step = max_rows or n
-    # Rows of similar length share a pass, so padding stays small.
-    order = sorted(range(n), key=lambda i: rows[i].packed_len)
+    score = _SCORERS[method]
     results: list[torch.Tensor | None] = [None] * n
-    for start in range(0, n, step):
-        chunk = order[start : start + step]
+    for chunk in _chunks(rows, max_rows or n, max_mask_elements, max_padding):
         for i, value in zip(chunk, score(model, [rows[i] for i in chunk])):
             results[i] = value
     return results
 
 
-def answer_logprobs(model, input_ids, boundaries, probe_ids, score_mask, *, method: str = "packed") -> torch.Tensor:
+def _chunks(rows: list[_Row], max_rows: int, max_mask_elements: int, max_padding: float) -> list[list[int]]:
+    """Group rows into passes: rows of similar length together, each pass's (B, T, T) mask and padding bounded.
+
+    Padding is real work (every padded token goes through every layer), so a row joins the current pass only while
+    the padded tokens stay under ``max_padding`` of the real ones; otherwise it starts a new pass.
+    """
+    order = sorted(range(len(rows)), key=lambda i: rows[i].packed_len)
+    chunks: list[list[int]] = []
+    real = 0
+    for i in order:  # ascending length: the row being added is the widest of its chunk
+        width = rows[i].packed_len
+        if chunks:
+            size = len(chunks[-1]) + 1
+            if (
+                size <= max_rows
+                and size * width * width <= max_mask_elements
+                and size * width <= (1 + max_padding) * (real + width)
+            ):
+                chunks[-1].append(i)
+                real += width
+                continue
+        chunks.append([i])
+        real = width
+    return chunks
+
+
+def answer_logprobs(model, input_ids, boundaries, probe_ids, score_mask, *, method: str = "auto") -> torch.Tensor:
     """Mean log-prob of the scored probe tokens after each prefix of ``input_ids``, in one forward pass.
 
     Args:
@@ -312,7 +368,7 @@ def answer_logprobs(model, input_ids, boundaries, probe_ids, score_mask, *, meth
         boundaries: prefix lengths ``b_0..b_K`` (each in ``[1, len(input_ids)]``).
         probe_ids: 1-D ids of the probe appended after each prefix (e.g. ``<answer> {gold} </answer>``).
         score_mask: boolean mask over ``probe_ids``, True for the answer tokens that are scored.
-        method: ``"packed"`` or ``"cached"`` (see the module docstring).
+        method: ``"auto"``, ``"packed"`` or ``"cached"`` (see the module docstring).
 
     Returns:
         float32 tensor of shape ``(len(boundaries),)``: equal to separate forward passes over

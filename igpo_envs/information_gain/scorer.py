@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from igpo_envs.information_gain.formulas import information_gains
-from igpo_envs.information_gain.packed import answer_logprobs
+from igpo_envs.information_gain.packed import METHODS, answer_logprobs
 from igpo_envs.protocol import answer_probe
 
 
@@ -103,7 +103,7 @@ class InformationGainScorer:
         probe_style: ``"answer"`` (the bare answer turn) or ``"official"`` (the official IGPO probe).
         device: where to run the model.
         info_gain_type: ``"prob_diff"`` (paper) or ``"log_prob_diff"`` (released script).
-        method: ``"packed"`` or ``"cached"`` (see `answer_logprobs`).
+        method: ``"auto"``, ``"packed"`` or ``"cached"`` (see `answer_logprobs`).
     """
 
     def __init__(
@@ -114,10 +114,12 @@ class InformationGainScorer:
         probe_style: str = "answer",
         device: str = "cpu",
         info_gain_type: str = "prob_diff",
-        method: str = "packed",
+        method: str = "auto",
     ):
         answer_probe("x", protocol, probe_style)  # validates both now, not at the first episode
         information_gains([0.0], info_gain_type)
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         self.model = model.to(device)
         self.tokenizer = tokenizer
         self.protocol, self.probe_style = protocol, probe_style

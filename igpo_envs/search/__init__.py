@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["BM25Retriever", "HTTPRetriever", "Retriever", "RetrieverError", "make_retriever"]
 
 
+_SCALE_EXPORTS = {"open_index": "igpo_envs.search.index_cli", "TantivyRetriever": "igpo_envs.search.tantivy_index",
+                  "RayRetrieverPool": "igpo_envs.search.ray_pool"}
+
+
 def __getattr__(name: str) -> Any:
     if name == "BM25Retriever":
         from igpo_envs.search.bm25 import BM25Retriever
@@ -34,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from igpo_envs.search.http import HTTPRetriever
 
         return HTTPRetriever
+    if name in _SCALE_EXPORTS:  # issue 6: on-disk indexes (igpo-index) and the Ray pool
+        import importlib
+
+        return getattr(importlib.import_module(_SCALE_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,20 +1,23 @@
 """Local BM25 retrieval with bm25s (numba backend), with the index cached on disk by corpus content.
 
 The first construction for a corpus tokenizes it (English stopwords, Snowball stemming via PyStemmer), builds the
-bm25s index and saves it, together with the passages as an Arrow file, under
-``$IGPO_CACHE_DIR`` (default ``~/.cache/igpo/indexes``) in a directory named by the corpus content hash and the
-BM25 parameters. Every later construction for the same content memory-maps that directory instead of rebuilding.
+bm25s index and saves it, together with the passages as an Arrow file, under ``$IGPO_CACHE_DIR/indexes`` (default
+``~/.cache/igpo/indexes``) in a directory named by the corpus content hash and the BM25 parameters. Every later
+construction for the same content memory-maps that directory instead of rebuilding.
+
+Importing this module also gives bm25s's numba kernels an on-disk compile cache (see ``_install_cached_kernels``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import bm25s
@@ -27,7 +30,7 @@ from igpo_envs.search.corpus import file_content_hash, iter_passages, passages_c
 from igpo_envs.search.manifest import IndexManifest, IndexManifestError, read_manifest, write_manifest
 from igpo_envs.types import Passage
 
-__all__ = ["BM25Retriever", "default_cache_dir"]
+__all__ = ["BM25Retriever", "build_index", "default_cache_dir", "index_parameters"]
 
 _STOPWORDS = "en"
 _STEMMER_LANGUAGE = "english"
@@ -37,9 +40,10 @@ _CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
-    """``$IGPO_CACHE_DIR`` if set, else ``~/.cache/igpo/indexes``."""
-    env = os.environ.get("IGPO_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "igpo" / "indexes"
+    """``$IGPO_CACHE_DIR/indexes`` if set, else ``~/.cache/igpo/indexes`` (``IGPO_CACHE_DIR`` replaces
+    ``~/.cache/igpo`` for every igpo cache, e.g. ``web/`` for web search answers)."""
+    root = os.environ.get("IGPO_CACHE_DIR")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "igpo") / "indexes"
 
 
 def _install_cached_kernels() -> None:
@@ -77,6 +81,22 @@ def _install_cached_kernels() -> None:
 
 _install_cached_kernels()
 
+
+@functools.cache
+def _csc_builder():
+    """bm25s's numba CSC builder, compiled once per process and cached on disk (None if unavailable).
+
+    ``bm25s.BM25(backend="numba")`` wraps it in a fresh ``njit`` per instance, i.e. recompiles it for every index
+    built, which dominates building small indexes (tests, per-world synthetic envs).
+    """
+    try:
+        import numba
+        from bm25s.scoring import _np_csc_jit_ready
+
+        return numba.njit(cache=True)(_np_csc_jit_ready)
+    except Exception:  # noqa: BLE001 - fall back to bm25s's numpy builder
+        return None
+
 # The process that started numba's parallel thread pool. A child forked after that (gymnasium's AsyncVectorEnv,
 # multiprocessing) must not use the pool: GNU OpenMP aborts in a forked child. Such children search serially.
 _PARALLEL_POOL_PID: int | None = None
@@ -92,21 +112,80 @@ def _threads_usable(requested: int) -> int:
     return requested if _PARALLEL_POOL_PID == pid else 1
 
 
+def _default_threads(n_threads: int | None) -> int:
+    return max(1, int(n_threads) if n_threads is not None else (os.cpu_count() or 1))
+
+
 def _make_tokenizer() -> Tokenizer:
     return Tokenizer(stopwords=_STOPWORDS, stemmer=Stemmer.Stemmer(_STEMMER_LANGUAGE))
 
 
-def _write_passage_table(path: Path, ids: list[str], titles: list[str], texts: list[str]) -> None:
+def index_parameters(k1: float = 1.5, b: float = 0.75, method: str = "lucene") -> dict:
+    """Everything that determines an index's content besides the corpus (recorded in its manifest)."""
+    return {"k1": k1, "b": b, "method": method, "stopwords": _STOPWORDS, "stemmer": _STEMMER_LANGUAGE,
+            "cache_format": _CACHE_FORMAT, "bm25s": ".".join(bm25s.__version__.split(".")[:2])}
+
+
+def build_index(
+    passages: Iterable[Passage],
+    out_dir: str | os.PathLike[str],
+    *,
+    content_hash: str,
+    source: str = "",
+    k1: float = 1.5,
+    b: float = 0.75,
+    method: str = "lucene",
+    batch_rows: int = 100_000,
+) -> IndexManifest:
+    """Stream ``passages`` into a bm25s index in ``out_dir``, the layout :class:`BM25Retriever` memory-maps.
+
+    ``out_dir`` receives bm25s's saved index, ``passages.arrow`` (id, title, text, in index order) and the manifest
+    ``igpo_index.json`` (written last). Passages are written to Arrow in batches of ``batch_rows`` and tokenized as
+    they stream past, so their text is never all in memory; bm25s itself needs every passage's token ids at once
+    (~2.8 GB at 1M passages). On error ``out_dir`` may hold partial files: build into a fresh directory.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     # large_string: a wiki-18 scale text column exceeds the 2 GiB limit of 32-bit string offsets.
-    table = pa.table(
-        {
-            "id": pa.array(ids, pa.large_string()),
-            "title": pa.array(titles, pa.large_string()),
-            "text": pa.array(texts, pa.large_string()),
-        }
-    )
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(len(ids), 1))  # one record batch: cheap take()
+    schema = pa.schema([(name, pa.large_string()) for name in ("id", "title", "text")])
+    batch: list[Passage] = []
+    count = 0
+
+    with pa.OSFile(str(out_dir / _PASSAGES_FILE), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+
+        def flush() -> None:
+            if batch:
+                columns = [pa.array([getattr(p, name) for p in batch], pa.large_string()) for name in schema.names]
+                writer.write_batch(pa.record_batch(columns, schema=schema))
+                batch.clear()
+
+        def contents() -> Iterator[str]:
+            nonlocal count
+            for p in passages:
+                batch.append(p)
+                count += 1
+                if len(batch) >= batch_rows:
+                    flush()
+                # Title and text together, as Search-R1's and FlashRAG's BM25 indexes use `contents`.
+                yield f"{p.title}\n{p.text}"
+
+        tokenizer = _make_tokenizer()
+        corpus_ids = list(tokenizer.streaming_tokenize(contents(), update_vocab=True))
+        flush()
+    if not count:
+        raise ValueError(f"cannot build a BM25 index over an empty corpus ({source or 'no passages'})")
+
+    model = bm25s.BM25(k1=k1, b=b, method=method, backend="numba",
+                       auto_compile=False)  # retrieval runs on the numba backend either way; see _csc_builder
+    if _csc_builder() is not None:
+        model._np_csc = _csc_builder()
+    model.index((corpus_ids, tokenizer.get_vocab_dict()), show_progress=False)
+    del corpus_ids
+    model.save(str(out_dir), show_progress=False)
+    manifest = IndexManifest(engine="bm25s", corpus_sha256=content_hash, num_docs=count,
+                             parameters=index_parameters(k1, b, method), corpus_path=source)
+    write_manifest(out_dir, manifest)
+    return manifest
 
 
 def _read_passage_table(path: Path) -> pa.Table:
@@ -120,7 +199,7 @@ class BM25Retriever:
         corpus_path: a FlashRAG / wiki-18 jsonl corpus (see :mod:`igpo_envs.search.corpus`).
         cache_dir: where indexes are cached (default :func:`default_cache_dir`).
         k1, b, method: BM25 parameters, as in ``bm25s.BM25`` (``method`` is one of bm25s's scoring variants).
-        n_threads: numba threads for a batch of queries (default: every CPU). Single queries run serially.
+        n_threads: numba threads per ``search`` call (default: every CPU; 1 runs bm25s's serial kernel).
 
     Attributes:
         content_hash: sha256 of the corpus file's bytes (or, for :meth:`from_passages`, of the passages' ids,
@@ -131,7 +210,10 @@ class BM25Retriever:
 
     ``search`` returns, per query, up to ``topk`` passages that share at least one term with the query, best first,
     with their BM25 scores. A query none of whose terms occur in the corpus (e.g. only stopwords) gets ``[]``:
-    documents are never padded in with a score of zero.
+    documents are never padded in with a score of zero (as Pyserini's BM25, which Search-R1 serves, behaves).
+
+    Thread-safe. Pickles by reference to ``index_dir`` (a spawned worker re-opens the mmapped index); a worker forked
+    after this process started numba's thread pool searches serially (GNU OpenMP cannot survive a fork).
     """
 
     def __init__(
@@ -184,20 +266,45 @@ class BM25Retriever:
         )
         return self
 
-    # -- construction ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_index_dir(
+        cls,
+        index_dir: str | os.PathLike[str],
+        *,
+        content_hash: str | None = None,
+        n_threads: int | None = None,
+    ) -> BM25Retriever:
+        """Open an index directory written by :func:`build_index` (e.g. by ``igpo-index build``).
+
+        With ``content_hash`` (the corpus sha256), an index built from another corpus is refused with
+        :class:`~igpo_envs.search.manifest.IndexManifestError`.
+        """
+        manifest = read_manifest(index_dir)
+        if manifest.engine != "bm25s":
+            raise IndexManifestError(f"{index_dir} holds a {manifest.engine} index, not a bm25s one")
+        if content_hash is not None:
+            manifest.check_corpus(content_hash, index_dir=index_dir)
+        self = cls.__new__(cls)
+        self.content_hash = manifest.corpus_sha256
+        self.n_threads = _default_threads(n_threads)
+        self.index_dir = Path(index_dir)
+        self.loaded_from_cache = True
+        self._load()
+        return self
+
+    # -- construction (internal) ---------------------------------------------------------------------------------
 
     def _setup(self, *, content_hash, passages, source, cache_dir, k1, b, method, n_threads) -> None:
         self.content_hash: str = content_hash
-        self.n_threads = max(1, int(n_threads) if n_threads is not None else (os.cpu_count() or 1))
-        params = {"k1": k1, "b": b, "method": method, "stopwords": _STOPWORDS, "stemmer": _STEMMER_LANGUAGE,
-                  "cache_format": _CACHE_FORMAT, "bm25s": ".".join(bm25s.__version__.split(".")[:2])}
+        self.n_threads = _default_threads(n_threads)
+        params = index_parameters(k1, b, method)
         params_key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.index_dir: Path = cache_root / f"bm25s-{content_hash[:24]}-{params_key[:8]}"
 
         self.loaded_from_cache = self._cache_is_valid()
         if not self.loaded_from_cache:
-            self._build(passages(), source, params, cache_root)
+            self._build(passages(), source, cache_root, k1=k1, b=b, method=method)
         self._load()
 
     def _cache_is_valid(self) -> bool:
@@ -208,34 +315,14 @@ class BM25Retriever:
             return False
         return manifest.engine == "bm25s" and (self.index_dir / _PASSAGES_FILE).is_file()
 
-    def _build(self, passages: Iterable[Passage], source: str, params: dict, cache_root: Path) -> None:
-        ids, titles, texts = [], [], []
-        for p in passages:
-            ids.append(p.id)
-            titles.append(p.title)
-            texts.append(p.text)
-        if not ids:
-            raise ValueError(f"cannot build a BM25 index over an empty corpus ({source})")
-
-        tokenizer = _make_tokenizer()
-        # Index title and text together, as Search-R1's and FlashRAG's BM25 indexes do with `contents`.
-        contents = (f"{t}\n{x}" for t, x in zip(titles, texts))
-        corpus_ids = list(tokenizer.streaming_tokenize(contents, update_vocab=True))
-        model = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"], backend="numba")
-        model.index((corpus_ids, tokenizer.get_vocab_dict()), show_progress=False)
-        del corpus_ids
-
+    def _build(self, passages: Iterable[Passage], source: str, cache_root: Path, **params) -> None:
         # Build in a private directory and rename it into place, so a crash or a concurrent builder never leaves
         # a half-written index where a later start would trust it.
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = cache_root / f".{self.index_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            model.save(str(tmp), show_progress=False)
-            _write_passage_table(tmp / _PASSAGES_FILE, ids, titles, texts)
-            manifest = IndexManifest(engine="bm25s", corpus_sha256=self.content_hash, num_docs=len(ids),
-                                     parameters=params, corpus_path=source)
-            write_manifest(tmp, manifest)
-            if self.index_dir.exists():  # a stale or concurrent index: replace only if it is not valid
+            build_index(passages, tmp, content_hash=self.content_hash, source=source, **params)
+            if self.index_dir.exists():  # a stale or concurrent index: replace it only if it is not valid
                 if self._cache_is_valid():
                     return
                 shutil.rmtree(self.index_dir)

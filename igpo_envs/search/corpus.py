@@ -2,8 +2,10 @@
 
 One JSON object per line, in either of two shapes::
 
-    {"id": "0", "contents": "\\"Evan Morris\\"\\nEvan L. Morris (January 26, 1977 ..."}   # wiki-18: quoted title, newline, text
+    {"id": "0", "contents": "\\"Evan Morris\\"\\nEvan L. Morris (January 26, 1977 ..."}
     {"id": "0", "title": "Evan Morris", "text": "Evan L. Morris (January 26, 1977 ..."}
+
+(the first is wiki-18's own: the quoted title on the first line of ``contents``, then the text).
 
 Files ending in ``.gz`` are read through gzip. Blank lines are skipped; any other malformed line is a
 ``ValueError`` naming the file, the line number and the field.

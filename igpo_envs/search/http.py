@@ -77,10 +77,11 @@ class HTTPRetriever:
         backoff: base of the exponential wait between attempts, in seconds.
         content_hash: fixes the content hash instead of asking the server (see below).
 
-    ``content_hash`` is read once, lazily, from ``GET /health`` next to ``url`` (our server reports the hash of its
-    corpus there). A server without that field or endpoint (e.g. Search-R1's own) gets ``"url:" + sha256(url)``
-    instead: the corpus behind it is unknown, so the URL is the best trace. An unreachable server raises
-    RetrieverError, as a search would.
+    ``content_hash`` is read lazily from ``GET /health`` next to ``url`` (our server reports the hash of its corpus
+    there) and then kept. A server without that field or endpoint (e.g. Search-R1's own) gets
+    ``"url:" + sha256(url)``: the corpus behind it is unknown, so the URL is the best trace. While the server cannot
+    be reached, the URL hash is returned but not kept (the next access asks again); reading the attribute makes one
+    quick attempt and never raises, so ``isinstance(client, Retriever)`` stays cheap and safe.
 
     Failures never return an empty result: after the bounded retries ``search`` raises RetrieverError naming the
     URL, the number of attempts and the last error.
@@ -112,16 +113,18 @@ class HTTPRetriever:
 
     @property
     def content_hash(self) -> str:
-        if self._content_hash is None:
-            response = self._request("GET", self.health_url, retry_status=False)
-            try:
-                reported = response.json().get("content_hash") if response.ok else None
-            except (ValueError, AttributeError):
-                reported = None
-            if isinstance(reported, str) and reported:
-                self._content_hash = reported
-            else:
-                self._content_hash = "url:" + hashlib.sha256(self.url.encode()).hexdigest()
+        if self._content_hash is not None:
+            return self._content_hash
+        url_hash = "url:" + hashlib.sha256(self.url.encode()).hexdigest()
+        try:
+            response = self._session.get(self.health_url, timeout=min(self.timeout, 5.0))
+        except requests.RequestException:
+            return url_hash  # unreachable now: don't keep a guess
+        try:
+            reported = response.json().get("content_hash") if response.ok else None
+        except (ValueError, AttributeError):
+            reported = None
+        self._content_hash = reported if isinstance(reported, str) and reported else url_hash
         return self._content_hash
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
@@ -140,14 +143,15 @@ class HTTPRetriever:
         try:
             payload = response.json()
         except ValueError:
-            raise RetrieverError(f"retriever {self.url} answered with invalid JSON: {_preview(response.text)}") from None
+            raise RetrieverError(
+                f"retriever {self.url} answered with invalid JSON: {_preview(response.text)}") from None
         try:
-            return parse_retrieve_response(payload, len(queries))
+            return [hits[:topk] for hits in parse_retrieve_response(payload, len(queries))]
         except RetrieverError as exc:
             raise RetrieverError(f"retriever {self.url} gave a malformed response: {exc}") from None
 
-    def _request(self, method: str, url: str, *, retry_status: bool = True, **kwargs: Any) -> requests.Response:
-        """Send with bounded retries on connection errors, timeouts and (if ``retry_status``) 5xx answers."""
+    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """Send with bounded retries on connection errors, timeouts and 5xx answers."""
         attempts = 1 + self.max_retries
         last_error = ""
         for attempt in range(attempts):
@@ -158,7 +162,7 @@ class HTTPRetriever:
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue
-            if retry_status and response.status_code >= 500:
+            if response.status_code >= 500:
                 last_error = f"HTTP {response.status_code}: {_preview(response.text)}"
                 continue
             return response

@@ -74,17 +74,21 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the client reuses one connection per session
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        # An error answered before the body is read must close the connection: the unread body would otherwise
+        # be parsed as the next keep-alive request.
         if self.path.split("?", 1)[0] != "/retrieve":
+            self.close_connection = True
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {self.path} (use /retrieve)"})
             return
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
+            self.close_connection = True
             self._send_json(HTTPStatus.LENGTH_REQUIRED, {"error": "a Content-Length header is required"})
             return
         if int(length) > MAX_BODY_BYTES:
+            self.close_connection = True
             self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                             {"error": f"request body of {length} bytes exceeds {MAX_BODY_BYTES}"})
-            self.close_connection = True
             return
         body = self.rfile.read(int(length))
         try:
@@ -95,7 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             results = self.server.retriever.search(queries, topk)
         except Exception as exc:  # noqa: BLE001 - report any backend failure to the client, keep serving
-            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"retriever failed: {type(exc).__name__}: {exc}"})
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                            {"error": f"retriever failed: {type(exc).__name__}: {exc}"})
             return
         self._send_json(HTTPStatus.OK, retrieve_response(results, return_scores))
 
@@ -116,6 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -153,8 +160,8 @@ def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 0, *, defau
     ``server.shutdown(); server.server_close()``.
     """
     server = RetrieverHTTPServer(retriever, host, port, default_topk=default_topk, verbose=verbose)
-    thread = threading.Thread(target=server.serve_forever, name=f"igpo-retriever:{server.server_address[1]}",
-                              daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},  # prompt shutdown()
+                              name=f"igpo-retriever:{server.server_address[1]}", daemon=True)
     thread.start()
     server.thread = thread  # type: ignore[attr-defined]
     return server
@@ -172,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (0 picks a free one; default 8000)")
     parser.add_argument("--topk", type=int, default=3, help="passages per query when a request omits topk")
-    parser.add_argument("--cache-dir", default=None, help="index cache (default $IGPO_CACHE_DIR or "
-                                                          "~/.cache/igpo/indexes)")
+    parser.add_argument("--cache-dir", default=None, help="index cache (default $IGPO_CACHE_DIR/indexes "
+                                                          "or ~/.cache/igpo/indexes)")
     parser.add_argument("--threads", type=int, default=None, help="numba threads per batch (default: all CPUs)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     from igpo_envs.search.ray_serve import add_scale_arguments  # --index, --ray, --replicas (issue 6)

@@ -50,8 +50,6 @@ def add_web_arguments(parser) -> None:
 # Task prompts that also announce the browse tool (the default prompts only describe search).
 _SEARCH_CALL = PROMPT_TEMPLATES["tool_call"]
 _BROWSE_CALL = '<tool_call>{"name": "browse", "arguments": {"url": "the page URL"}}</tool_call>'
-if "{{" in _SEARCH_CALL:  # same brace escaping as the search example
-    _BROWSE_CALL = _BROWSE_CALL.replace("{", "{{").replace("}", "}}")
 BROWSE_PROMPT_TEMPLATES = {
     "tag": PROMPT_TEMPLATES["tag"].replace(
         "Search as often as you need.",

@@ -204,7 +204,8 @@ class SyntheticWorld:
         texts = [p.contents for p in self.passages]
         for hard in (False, True):
             texts += [q.question for q in self.questions(num_questions, hops=[1, 2, 3, 4], seed=0, hard_queries=hard)]
-            texts += [r.ask.format(x=r.describe or "it") for r in RELATIONS.values()]
+        texts += [r.ask.format(x="it") for r in RELATIONS.values()]  # every template, even if not sampled above
+        texts += [r.describe.format(x="it") for r in RELATIONS.values() if r.describe]
         return texts
 
 
@@ -239,8 +240,9 @@ def get_world(num_docs: int = 2000, distractors: int = 2, seed: int = 0) -> Synt
 
 @lru_cache(maxsize=8)
 def get_retriever(num_docs: int = 2000, distractors: int = 2, seed: int = 0, cache_dir: str | None = None):
-    """The BM25 retriever over that world's passages, built once per process (and cached on disk if
-    ``cache_dir``)."""
+    """The BM25 retriever over that world's passages, built once per process; its index is cached on disk under
+    ``cache_dir`` (None: `igpo_envs.search.bm25.default_cache_dir`), so a new process loads it instead of
+    rebuilding."""
     from igpo_envs.search.bm25 import BM25Retriever  # lazy: keeps importing the task light
 
     world = get_world(num_docs, distractors, seed)
@@ -270,7 +272,7 @@ def make_synth_env(
         hard_queries: questions name their start entity by its alias (the query must be extracted, not copied).
         split: ``"train"`` / ``"eval"`` (disjoint start entities) or ``"all"``.
         question_seed: seed of the question draw (vary it for more questions from the same world).
-        cache_dir: where the BM25 index is cached on disk (None: in memory only).
+        cache_dir: where the BM25 index is cached on disk (None: ``$IGPO_CACHE_DIR`` or ``~/.cache/igpo/indexes``).
         **env_kwargs: passed to `SearchQAEnv` (``protocol``, ``topk``, ``max_turns``, ``format_penalty``, ...).
     """
     from igpo_envs.env import SearchQAEnv

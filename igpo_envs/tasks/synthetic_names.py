@@ -30,17 +30,30 @@ def word_list(syllables: int) -> tuple[str, ...]:
     return tuple(words)
 
 
+@lru_cache(maxsize=4)
+def stem_stable_words(syllables: int) -> tuple[str, ...]:
+    """The words of `word_list` that the BM25 retriever's Snowball stemmer leaves intact with every coda, so two
+    look-alikes never collapse into one index term (all two-syllable words qualify; many longer ones do not)."""
+    import Stemmer  # PyStemmer, the stemmer igpo_envs.search.bm25 indexes with
+
+    stem = Stemmer.Stemmer("english").stemWords
+    words = word_list(syllables)
+    variants = [w + c for w in words for c in CODAS]
+    stable = [a == b for a, b in zip(variants, stem(variants))]
+    return tuple(w for i, w in enumerate(words) if all(stable[i * len(CODAS):(i + 1) * len(CODAS)]))
+
+
 def draw_word_pools(sizes: dict[str, int], rng: np.random.Generator) -> dict[str, list[str]]:
     """Disjoint pools of distinct capitalised words, one per name, drawn from the shortest words that suffice.
 
-    Two-syllable words are used first (4,900 of them: enough for every world up to ~300k passages); longer words
-    only join when the pools need more, which keeps small worlds' vocabulary small.
+    Two-syllable words are used first (4,900 of them: enough for ~3M passages with ``distractors=2``, ~1M with
+    none); longer words only join when the pools need more, which keeps small worlds' vocabulary small.
     """
     total = sum(sizes.values())
     candidates: list[str] = []
     syllables = 2
     while len(candidates) < total:
-        candidates.extend(word_list(syllables))
+        candidates.extend(stem_stable_words(syllables))
         syllables += 1
     chosen = rng.choice(len(candidates), size=total, replace=False)
     pools, start = {}, 0
