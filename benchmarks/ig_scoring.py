@@ -127,7 +127,8 @@ def run(name: str, turns_list, repeats: int, attn: str) -> list[dict]:
 
 
 def run_group(name: str, group_turns, repeats: int, attn: str) -> dict:
-    """A GRPO group of rollouts with different turn counts: one batched call vs one call per rollout vs official."""
+    """A GRPO group of rollouts with different turn counts: `batch_answer_logprobs` (auto, and forced "packed")
+    vs one `answer_logprobs` call per rollout vs the official per-turn passes."""
     model = build_model(name, attn)
     rollouts = [make_rollout(t, MODELS[name][0], seed=100 + i) for i, t in enumerate(group_turns)]
     seqs, bounds, probes, masks = (list(x) for x in zip(*rollouts))
@@ -135,8 +136,8 @@ def run_group(name: str, group_turns, repeats: int, attn: str) -> dict:
         methods = {
             "official": lambda: [per_prefix_answer_logprobs(model, *r) for r in rollouts],
             "one_by_one": lambda: [answer_logprobs(model, *r) for r in rollouts],
-            "batched": lambda: batch_answer_logprobs(model, seqs, bounds, probes, masks),
-            "batched_cached": lambda: batch_answer_logprobs(model, seqs, bounds, probes, masks, method="cached"),
+            "batched": lambda: batch_answer_logprobs(model, seqs, bounds, probes, masks),  # method="auto"
+            "batched_packed": lambda: batch_answer_logprobs(model, seqs, bounds, probes, masks, method="packed"),
         }
         values = {k: fn() for k, fn in methods.items()}
         times = {k: [] for k in methods}
@@ -146,7 +147,7 @@ def run_group(name: str, group_turns, repeats: int, attn: str) -> dict:
                 fn()
                 times[key].append(time.perf_counter() - start)
         memory = {k: peak_mb(fn) for k, fn in methods.items()}
-    diff = max((a - b).abs().max().item() for k in ("one_by_one", "batched", "batched_cached")
+    diff = max((a - b).abs().max().item() for k in ("one_by_one", "batched", "batched_packed")
                for a, b in zip(values[k], values["official"]))
     r = {"model": name, "turns": list(group_turns), "diff": diff,
          **{f"t_{k}": statistics.median(v) for k, v in times.items()}, **{f"mem_{k}": v for k, v in memory.items()}}
@@ -156,7 +157,7 @@ def run_group(name: str, group_turns, repeats: int, attn: str) -> dict:
 
 
 def group_markdown(groups: list[dict]) -> str:
-    keys = ("official", "one_by_one", "batched", "batched_cached")
+    keys = ("official", "one_by_one", "batched", "batched_packed")
     lines = ["| model | rollout turns | " + " | ".join(f"{k} ms" for k in keys) + " | official/batched | max abs diff | "
              "peak MiB " + " / ".join(keys) + " |", "|" + "---|" * (len(keys) + 5)]
     for r in groups:

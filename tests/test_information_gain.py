@@ -66,7 +66,7 @@ def mask(*bits) -> torch.Tensor:
 PROBE, PROBE_MASK = rand_ids(9, 1), mask(0, 0, 1, 1, 1, 1, 0, 0, 0)  # "<answer> a b c d </answer>"-like
 
 
-@pytest.mark.parametrize("method", ["auto", "packed", "cached"])
+@pytest.mark.parametrize("method", ["packed", "cached"])
 def test_packed_equals_per_prefix_passes(model, method):
     seq, bounds = rand_ids(60, 2), [4, 17, 33, 60]
     expected = per_prefix_answer_logprobs(model, seq, bounds, PROBE, PROBE_MASK)
@@ -84,7 +84,7 @@ def test_reference_is_sensitive_to_the_prefix(model):
     assert (a - b).abs().max() > 100 * ATOL
 
 
-@pytest.mark.parametrize("method", ["auto", "packed", "cached"])
+@pytest.mark.parametrize("method", ["packed", "cached"])
 @pytest.mark.parametrize(
     "chunking",
     [{}, {"max_padding": 10.0}, {"max_rows": 2, "max_padding": 10.0}, {"max_mask_elements": 60 * 60, "max_padding": 10.0}],
@@ -118,7 +118,7 @@ def test_batch_with_one_shared_probe(model):
         torch.testing.assert_close(g, per_prefix_answer_logprobs(model, s, b, PROBE, PROBE_MASK), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["auto", "packed", "cached"])
+@pytest.mark.parametrize("method", ["packed", "cached"])
 @pytest.mark.parametrize(
     "case",
     [

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,9 +242,3 @@ class RayRetrieverPool:
     def __repr__(self) -> str:
         return f"RayRetrieverPool({self.index_dir!r}, num_actors={self.num_actors}, engine={self.manifest.engine})"
 
-
-def wait_for_actors(pool: RayRetrieverPool, timeout_s: float = 60.0) -> None:
-    """Block until every actor of ``pool`` answers (e.g. after a replacement, before timing a benchmark)."""
-    ray = _ray()
-    deadline = time.monotonic() + timeout_s
-    pool.pids = ray.get([a.ready.remote() for a in pool.actors], timeout=max(1.0, deadline - time.monotonic()))
