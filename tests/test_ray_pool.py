@@ -88,6 +88,16 @@ def test_pool_refuses_a_mismatched_corpus(cluster, index_dir, tmp_path):
         RayRetrieverPool(index_dir, num_actors=1, corpus=other)
 
 
+def test_pool_reports_a_failing_search_instead_of_retrying_it(cluster, index_dir):
+    from igpo_envs.search.base import RetrieverError
+
+    with RayRetrieverPool(index_dir, num_actors=1) as pool:
+        with pytest.raises(RetrieverError, match="query must be a str"):
+            pool.search(["Evan Morris", 42], 3)  # the actor raises TypeError: a bug, not a dead actor
+        assert pool.stats.actors_replaced == 0 and pool.stats.chunks_retried == 0
+        assert pool.search(["Evan Morris"], 1)[0][0].id == "0"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -35,7 +35,8 @@ from igpo_envs.types import Passage
 
 #: Ray system config for a cluster that serves retrieval: keep task returns up to 4 MiB inline in the RPC reply
 #: instead of the object store (Ray's default limit is 100 KiB). A batch of 64 queries x 10 passages is ~400 KB of
-#: text; inlining it cut Ray's per-batch overhead from ~30% to ~8% in benchmarks/retrieval_scale.py. The pool applies
+#: text; at 1M passages inlining cut Ray's cost per batch from 5.7 ms (+17%) to 0.8 ms (+2%) in
+#: benchmarks/retrieval_scale.py (no difference at 100k, on a loaded machine). The pool applies
 #: it when it starts a local cluster itself; for a cluster started with `ray start`, pass it there
 #: (`ray start --head --system-config='{"max_direct_call_object_size": 4194304, ...}'`).
 RAY_SYSTEM_CONFIG = {"max_direct_call_object_size": 4 << 20, "task_rpc_inlined_bytes_limit": 8 << 20}

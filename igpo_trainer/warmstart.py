@@ -1,0 +1,206 @@
+"""SFT warm start on scripted search trajectories of the synthetic world, rendered exactly as IGPO rollouts are.
+
+RL needs a start point that speaks the protocol and *sometimes* searches well: with a policy that never searches well,
+every group scores the same and there is nothing to learn from; with one that always does, there is nothing left to
+learn. So the demonstrations mix three plans (`PLANS`):
+
+- ``oracle``: one search per hop with the oracle query (the start entity's alias, then the names read off each gold
+  passage), then the gold answer;
+- ``naive_recover``: first search the whole question text (the naive query), then follow the oracle plan;
+- ``naive_read``: search the whole question text and then *read consistently* from what came back: each later hop
+  searches the name the top passage states, and the answer is what the top passage states for the asked relation.
+  This is right when the naive query happened to retrieve the right passage and wrong otherwise (a wrong-query error,
+  never a wrong-reading one), so the reading skill taught stays clean.
+
+Every trajectory is played in the real env (so observations are the retriever's real passages) and tokenised with the
+trainer's own functions (`igpo_trainer.rollout.encode_prompt`, `observation_text`): prompt through the chat template,
+each policy turn as its own tokens, each observation spliced in as ``observation_text(obs)``. Loss is on the policy
+turns only (TRL's ``completion_mask`` with ``completion_only_loss=True``): prompt and observation tokens are masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from igpo_trainer.rollout import encode_prompt, observation_text
+
+PLANS = ("oracle", "naive_recover", "naive_read")
+_SYNTH_ID = re.compile(r"^synth-(\d+)$")
+
+
+def entity_of(world, passage_id: str) -> tuple[str, int] | None:
+    """(entity type, index) of a synthetic passage id ``synth-<n>``; None for anything else."""
+    match = _SYNTH_ID.match(passage_id)
+    if match is None:
+        return None
+    n = int(match.group(1))
+    for kind, table in world.tables.items():
+        if table.offset <= n < table.offset + len(table):
+            return kind, n - table.offset
+    return None
+
+
+def _world_of(env):
+    """The `SyntheticWorld` behind a synthetic env (its items name the world they come from)."""
+    from igpo_envs.tasks.synthetic import get_world
+
+    item = env.unwrapped.items[0]
+    match = re.match(r"SyntheticWorld\(num_docs=(\d+), distractors=(\d+), seed=(\d+)\)", item.metadata.get("world", ""))
+    if match is None:
+        raise ValueError(f"question {item.id!r} is not from a synthetic world (metadata['world'] missing); the warm "
+                         "start scripts trajectories of igpo/SynthMultiHop-v0 only")
+    return get_world(*(int(g) for g in match.groups()))
+
+
+def script_trajectory(env, index: int, plan: str) -> tuple[str, list[tuple[str, str | None]], dict[str, Any]]:
+    """Play question ``index`` of ``env`` with a scripted ``plan``; returns (prompt, [(action, observation)], info).
+
+    The observation after the final (answer) action is None. ``info`` is the env's final info (em, gold_recall...).
+    """
+    if plan not in PLANS:
+        raise ValueError(f"unknown plan {plan!r}; expected one of {PLANS}")
+    base = env.unwrapped
+    prompt, _ = base.reset(options={"question_index": int(index)})
+    item = base.item
+    relations = item.metadata["relations"]
+    turns: list[tuple[str, str | None]] = []
+
+    def search(query: str) -> str:
+        action = f"<search> {query} </search>"
+        observation, _, terminated, truncated, info = base.step(action)
+        if terminated or truncated:
+            raise RuntimeError(f"question {item.id}: the env ended the episode at search {len(turns) + 1}; "
+                               f"max_turns={base.max_turns} is too small for plan {plan!r}")
+        turns.append((action, observation))
+        return query
+
+    if plan in ("naive_recover", "naive_read"):
+        search(item.question)
+    if plan == "naive_read":
+        answer = _read_along(_world_of(env), base, item, relations, item.question, search)
+    else:
+        for query in item.metadata["oracle_queries"]:
+            search(query)
+        answer = item.golden_answers[0]
+    action = f"<answer> {answer} </answer>"
+    _, _, _, _, info = base.step(action)
+    turns.append((action, None))
+    return prompt, turns, info
+
+
+def _read_along(world, base, item, relations: Sequence[str], query: str, search) -> str:
+    """Follow the relations from the top passage of the last search, reading what each passage states."""
+    from igpo_envs.tasks.synthetic_world import RELATIONS
+
+    for hop, relation in enumerate(relations):
+        passages = base.retriever.search([query], base.topk)[0]
+        # The best-ranked passage about the kind of entity the relation starts from (what a reader would pick).
+        entities = [e for e in (entity_of(world, p.id) for p in passages) if e and e[0] == RELATIONS[relation].source]
+        if not entities:  # nothing of the right kind came back: a guess, the top passage's title
+            return passages[0].title if passages else item.question
+        kind, start = entities[0]
+        read = world.make_question(kind, start, [relation])
+        if hop == len(relations) - 1:
+            return read.golden_answers[0]
+        query = search(read.golden_answers[0])  # the name the passage states for this hop
+    return item.golden_answers[0]
+
+
+def render_trajectory(tokenizer, prompt: str, turns: Sequence[tuple[str, str | None]]) -> dict[str, list[int]]:
+    """Token ids and loss mask of one trajectory, exactly as `igpo_trainer.rollout.run_episodes` builds a rollout:
+    ``completion_mask`` is 1 on policy-turn tokens and the closing EOS, 0 on the prompt and on observations."""
+    input_ids = list(encode_prompt(tokenizer, prompt))
+    mask = [0] * len(input_ids)
+    for action, observation in turns:
+        ids = tokenizer(action, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        mask += [1] * len(ids)
+        if observation is not None:
+            obs = tokenizer(observation_text(observation), add_special_tokens=False)["input_ids"]
+            input_ids += obs
+            mask += [0] * len(obs)
+    input_ids.append(tokenizer.eos_token_id)  # the policy learns to stop after its answer
+    mask.append(1)
+    return {"input_ids": input_ids, "completion_mask": mask}
+
+
+def demonstrations(env, tokenizer, num: int, *, naive_share: float = 0.5, recover_share: float = 0.3,
+                   seed: int = 0) -> tuple[list[dict], dict[str, float]]:
+    """``num`` tokenised demonstrations over the env's questions and their plan mix.
+
+    A share ``naive_share`` starts with the naive query; of those, ``recover_share`` recover with the oracle plan and
+    the rest read along (see the module docstring). Returns (rows, stats) with the plan shares and the EM of the
+    demonstrations (how often the scripted plans are right).
+    """
+    if not 0.0 <= naive_share <= 1.0 or not 0.0 <= recover_share <= 1.0:
+        raise ValueError(f"naive_share and recover_share must be in [0, 1], got {naive_share}, {recover_share}")
+    rng = np.random.default_rng(seed)
+    n_items = len(env.unwrapped.items)
+    rows, ems, plans = [], [], []
+    for k in range(num):
+        index = k % n_items
+        if rng.random() < naive_share:
+            plan = "naive_recover" if rng.random() < recover_share else "naive_read"
+        else:
+            plan = "oracle"
+        prompt, turns, info = script_trajectory(env, index, plan)
+        rows.append(render_trajectory(tokenizer, prompt, turns))
+        ems.append(float(info.get("em", 0.0)))
+        plans.append(plan)
+    stats = {f"share_{p}": plans.count(p) / max(1, num) for p in PLANS}
+    stats["demo_em"] = float(np.mean(ems)) if ems else float("nan")
+    stats["naive_read_em"] = float(np.mean([e for e, p in zip(ems, plans) if p == "naive_read"] or [float("nan")]))
+    return rows, stats
+
+
+def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples: int = 2000, epochs: float = 2.0,
+               learning_rate: float = 1e-3, batch_size: int = 32, naive_share: float = 0.5,
+               recover_share: float = 0.3, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """SFT ``model_dir`` on scripted demonstrations of ``env`` with TRL's `SFTTrainer`; save to ``out_dir``.
+
+    Returns a summary: demonstration stats, final training loss, seconds.
+    """
+    import time
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows, stats = demonstrations(env, tokenizer, num_examples, naive_share=naive_share, recover_share=recover_share,
+                                 seed=seed)
+    dataset = Dataset.from_list(rows)
+    longest = max(len(r["input_ids"]) for r in rows)
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=10,
+        max_length=longest,  # never truncate a demonstration
+        completion_only_loss=True,  # use our completion_mask: policy turns only, observations masked
+        packing=False,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    result = trainer.train()
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return {**stats, "examples": len(rows), "train_loss": float(result.training_loss),
+            "seconds": time.perf_counter() - start}
