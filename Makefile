@@ -22,8 +22,9 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/igpo-demo
 
+# Two pytest workers on two cores, one torch thread each (more threads only contend).
 test: install
-	$(PY) -m pytest -q -n 2 --timeout 900
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --timeout 900
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from igpo_envs.search.corpus import file_content_hash, iter_passages
-from igpo_envs.search.manifest import ENGINES, IndexManifest, IndexManifestError, read_manifest, write_manifest
+from igpo_envs.search.manifest import ENGINES, IndexManifest, IndexManifestError, read_manifest
 from igpo_envs.types import Passage
 
 _HASH_BLOCK = 1 << 20
@@ -81,86 +81,9 @@ def build_index(
         return build_tantivy_index(
             passages, out, corpus_sha256=sha, corpus_path=str(corpus), heap_size=heap_mb << 20, num_threads=threads
         )
-    return build_bm25s_index(passages, out, corpus_sha256=sha, corpus_path=str(corpus))
+    from igpo_envs.search.bm25 import build_index as build_bm25s_index
 
-
-def build_bm25s_index(
-    passages: Iterable[Passage],
-    out: str | Path,
-    *,
-    corpus_sha256: str,
-    corpus_path: str = "",
-    k1: float = 1.5,
-    b: float = 0.75,
-    method: str = "lucene",
-    batch_rows: int = 100_000,
-) -> IndexManifest:
-    """Stream ``passages`` into a bm25s index under ``out``, in the layout :class:`BM25Retriever` memory-maps.
-
-    Passage text goes to the Arrow file in batches of ``batch_rows`` as it is read and each passage is tokenized as
-    it streams past, so no text is held; bm25s still needs every passage's token ids at once (see module doc).
-    """
-    import bm25s
-    import pyarrow as pa
-
-    from igpo_envs.search import bm25 as bm25_mod
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([("id", pa.large_string()), ("title", pa.large_string()), ("text", pa.large_string())])
-    sink = pa.OSFile(str(out / bm25_mod._PASSAGES_FILE), "wb")
-    writer = pa.ipc.new_file(sink, schema)
-    batch: list[Passage] = []
-    count = 0
-
-    def flush() -> None:
-        if batch:
-            columns = [[getattr(p, name) for p in batch] for name in ("id", "title", "text")]
-            writer.write_batch(pa.record_batch([pa.array(c, pa.large_string()) for c in columns], schema=schema))
-            batch.clear()
-
-    def texts() -> Iterator[str]:
-        nonlocal count
-        for p in passages:
-            batch.append(p)
-            count += 1
-            if len(batch) >= batch_rows:
-                flush()
-            yield f"{p.title}\n{p.text}"  # title and text together, as the bm25s retriever indexes them
-
-    tokenizer = bm25_mod._make_tokenizer()
-    try:
-        corpus_ids = list(tokenizer.streaming_tokenize(texts(), update_vocab=True))
-        flush()
-    finally:
-        writer.close()
-        sink.close()
-    if not count:
-        raise ValueError(f"cannot build a BM25 index over an empty corpus ({corpus_path or 'passages'})")
-    model = bm25s.BM25(k1=k1, b=b, method=method, backend="numba")
-    model.index((corpus_ids, tokenizer.get_vocab_dict()), show_progress=False)
-    del corpus_ids
-    model.save(str(out), show_progress=False)
-    params = {"k1": k1, "b": b, "method": method, "stopwords": bm25_mod._STOPWORDS,
-              "stemmer": bm25_mod._STEMMER_LANGUAGE, "cache_format": bm25_mod._CACHE_FORMAT,
-              "bm25s": ".".join(bm25s.__version__.split(".")[:2])}
-    manifest = IndexManifest(engine="bm25s", corpus_sha256=corpus_sha256, num_docs=count, parameters=params,
-                             corpus_path=str(corpus_path))
-    write_manifest(out, manifest)
-    return manifest
-
-
-def _open_bm25s(index_dir: str | Path, manifest: IndexManifest, num_threads: int):
-    # BM25Retriever has no public "open this directory" constructor yet; its loader only needs these attributes.
-    from igpo_envs.search.bm25 import BM25Retriever
-
-    retriever = BM25Retriever.__new__(BM25Retriever)
-    retriever.content_hash = manifest.corpus_sha256
-    retriever.n_threads = max(1, num_threads)
-    retriever.index_dir = Path(index_dir)
-    retriever.loaded_from_cache = True
-    retriever._load()
-    return retriever
+    return build_bm25s_index(passages, out, content_hash=sha, source=str(corpus))
 
 
 def open_index(index_dir: str | Path, corpus: str | Path | None = None, *, num_threads: int = 1):
@@ -178,7 +101,9 @@ def open_index(index_dir: str | Path, corpus: str | Path | None = None, *, num_t
         from igpo_envs.search.tantivy_index import TantivyRetriever
 
         return TantivyRetriever(index_dir, corpus_sha256=sha, num_threads=num_threads)
-    return _open_bm25s(index_dir, manifest, num_threads)
+    from igpo_envs.search.bm25 import BM25Retriever
+
+    return BM25Retriever.from_index_dir(index_dir, content_hash=sha, n_threads=max(1, num_threads))
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
