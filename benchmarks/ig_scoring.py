@@ -84,7 +84,9 @@ def run(name: str, turns_list, repeats: int, attn: str) -> list[dict]:
         ids, bounds, probe, mask = make_rollout(turns, vocab, seed=turns)
         row = [_prepare_row(ids, bounds, probe, mask)]
 
-        def probes_only(state={}):
+        state = {}
+
+        def probes_only(row=row, state=state):
             # The probe call alone, on a rollout cache computed outside the timed region (re-cropped each call).
             if "rollout" not in state:
                 state["rollout"] = _rollout_pass(model, row)
@@ -158,8 +160,9 @@ def run_group(name: str, group_turns, repeats: int, attn: str) -> dict:
 
 def group_markdown(groups: list[dict]) -> str:
     keys = ("official", "one_by_one", "batched", "batched_packed")
-    lines = ["| model | rollout turns | " + " | ".join(f"{k} ms" for k in keys) + " | official/batched | max abs diff | "
-             "peak MiB " + " / ".join(keys) + " |", "|" + "---|" * (len(keys) + 5)]
+    head = " | ".join(f"{k} ms" for k in keys)
+    lines = [f"| model | rollout turns | {head} | official/batched | max abs diff | peak MiB {' / '.join(keys)} |",
+             "|" + "---|" * (len(keys) + 5)]
     for r in groups:
         lines.append(f"| {r['model']} | {r['turns']} | " + " | ".join(f"{r['t_' + k] * 1e3:.1f}" for k in keys)
                      + f" | {r['t_official'] / r['t_batched']:.1f}x | {r['diff']:.1e} | "
@@ -170,7 +173,8 @@ def group_markdown(groups: list[dict]) -> str:
 def _line(r: dict) -> str:
     return (f"{r['model']:>5} T={r['turns']:>2} L={r['tokens']:>4}  official {r['t_official'] * 1e3:8.1f} ms  "
             f"packed {r['t_packed'] * 1e3:7.1f} ms ({r['speedup_packed']:4.1f}x)  cached {r['t_cached'] * 1e3:7.1f} ms "
-            f"({r['speedup_cached']:4.1f}x)  rollout {r['t_rollout'] * 1e3:7.1f} ms  probes {r['t_probes'] * 1e3:6.1f} ms"
+            f"({r['speedup_cached']:4.1f}x)  rollout {r['t_rollout'] * 1e3:7.1f} ms  "
+            f"probes {r['t_probes'] * 1e3:6.1f} ms"
             f"  max|diff| {max(r['diff_packed'], r['diff_cached']):.1e}")
 
 

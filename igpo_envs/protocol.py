@@ -152,6 +152,12 @@ def wrap_result(text: str, protocol: str) -> str:
     return f"<{tag}>\n{text.strip()}\n</{tag}>"
 
 
+def observation_text(observation: str) -> str:
+    """How an observation is spliced into the policy's running text after its turn (Search-R1 layout: inline, on
+    its own lines). The trainer's rollouts, the SFT warm start and belief scoring all use this one rendering."""
+    return "\n" + observation.strip() + "\n"
+
+
 def format_passages(passages: Sequence[Passage]) -> str:
     """Search-R1's passage layout: one ``Doc i (Title: t) text`` line per passage."""
     if not passages:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from igpo_envs.protocol import observation_text  # noqa: F401  (re-exported: the trainer's rendering)
 from igpo_trainer.advantages import turn_advantages
 
 # A policy turn ends at the closing tag of its action (or at EOS).
@@ -160,11 +161,6 @@ class VLLMTurnGenerator:
 # --------------------------------------------------------------------------------------------------------------------
 # Episode loop
 # --------------------------------------------------------------------------------------------------------------------
-def observation_text(observation: str) -> str:
-    """How an observation is spliced into the running completion (Search-R1 style: inline, on its own lines)."""
-    return "\n" + observation.strip() + "\n"
-
-
 def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
     """Token ids of the task prompt, through the chat template when the tokenizer has one."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

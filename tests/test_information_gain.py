@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from igpo_envs.protocol import observation_text  # noqa: E402
 from igpo_envs.information_gain import (  # noqa: E402
     InformationGainScorer,
     answer_logprobs,
@@ -37,7 +38,7 @@ def tiny_model(arch: str, attn: str, **overrides):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,  # GQA
-        # Larger than the default 0.02 so the answer's log-prob depends clearly on the context (see the sensitivity test).
+        # Larger than the default 0.02 so the answer's log-prob clearly depends on the context (sensitivity test).
         initializer_range=0.2,
         **overrides,
     )
@@ -87,7 +88,12 @@ def test_reference_is_sensitive_to_the_prefix(model):
 @pytest.mark.parametrize("method", ["packed", "cached"])
 @pytest.mark.parametrize(
     "chunking",
-    [{}, {"max_padding": 10.0}, {"max_rows": 2, "max_padding": 10.0}, {"max_mask_elements": 60 * 60, "max_padding": 10.0}],
+    [
+        {},
+        {"max_padding": 10.0},
+        {"max_rows": 2, "max_padding": 10.0},
+        {"max_mask_elements": 60 * 60, "max_padding": 10.0},
+    ],
     ids=["default", "one_padded_pass", "max_rows", "mask_budget"],
 )
 def test_batch_equals_per_prefix_passes(model, method, chunking):
@@ -155,13 +161,14 @@ def test_scoring_keeps_mode_and_no_gradient():
     seq = rand_ids(30, 7)
     got = answer_logprobs(model, seq, [5, 30], PROBE, PROBE_MASK)
     assert model.training and not got.requires_grad
-    torch.testing.assert_close(got, per_prefix_answer_logprobs(model, seq, [5, 30], PROBE, PROBE_MASK), atol=ATOL, rtol=0)
+    expected = per_prefix_answer_logprobs(model, seq, [5, 30], PROBE, PROBE_MASK)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_sliding_window_layers(attn, monkeypatch):
     """Qwen2 with sliding-window layers: each layer type gets its own mask, windowed by position distance."""
-    import igpo_envs.information_gain.packed as packed
+    from igpo_envs.information_gain import packed
 
     monkeypatch.setattr(packed, "AUTO_PACKED_MAX_TOKENS", 10)  # "auto" must still pick "packed" here
     model = tiny_model("qwen2", attn, use_sliding_window=True, sliding_window=8, max_window_layers=1)
@@ -174,7 +181,7 @@ def test_sliding_window_layers(attn, monkeypatch):
 
 
 def test_auto_switches_to_the_cache_for_wide_rows(monkeypatch):
-    import igpo_envs.information_gain.packed as packed
+    from igpo_envs.information_gain import packed
 
     calls = []
     for name in ("_score_packed", "_score_cached"):
@@ -281,7 +288,9 @@ MESSAGES = [
 def test_render_and_tokenize_history(tokenizer):
     text = render_history(tokenizer, MESSAGES)
     prompt = tokenizer.apply_chat_template(MESSAGES[:1], tokenize=False, add_generation_prompt=True)
-    assert text == prompt + "".join(m["content"] for m in MESSAGES[1:])
+    # The trainer's rendering: agent turns verbatim, observations on their own lines.
+    turns = [m["content"] if m["role"] == "assistant" else observation_text(m["content"]) for m in MESSAGES[1:]]
+    assert text == prompt + "".join(turns)
     ids, bounds = tokenize_history(tokenizer, MESSAGES)
     assert tokenizer.decode(ids) == text
     # v_0 after the prompt, v_1 and v_2 after each observation; the final answer adds no boundary.
@@ -297,7 +306,8 @@ def test_render_and_tokenize_history(tokenizer):
 def test_history_without_chat_template(tokenizer):
     plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer)
     assert not plain.chat_template
-    assert render_history(plain, MESSAGES[:3]) == "".join(m["content"] for m in MESSAGES[:3])
+    expected = MESSAGES[0]["content"] + MESSAGES[1]["content"] + observation_text(MESSAGES[2]["content"])
+    assert render_history(plain, MESSAGES[:3]) == expected
 
 
 def test_tokenize_probe_scores_only_the_answer(tokenizer):
@@ -332,7 +342,7 @@ def test_scorer_beliefs_match_separate_passes(scorer, tokenizer):
     assert len(beliefs) == 3
     probe, score = tokenize_probe(tokenizer, "Marlo Vesk")
     for k in range(3):  # each v_k: one separate pass over the rendered history of the first k turns
-        ids, bounds = tokenize_history(tokenizer, MESSAGES[: 1 + 2 * k])
+        ids, _ = tokenize_history(tokenizer, MESSAGES[: 1 + 2 * k])
         expected = per_prefix_answer_logprobs(scorer.model, ids, [len(ids)], probe, score).item()
         assert beliefs[k] == pytest.approx(expected, abs=ATOL)
         assert scorer.current_belief(MESSAGES[: 1 + 2 * k], "Marlo Vesk") == pytest.approx(expected, abs=ATOL)
@@ -379,5 +389,5 @@ def test_envs_do_not_import_torch():
         "import igpo_envs.information_gain\n"
         "assert 'torch' in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

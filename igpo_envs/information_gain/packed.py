@@ -1,14 +1,16 @@
 """Beliefs v_0..v_K of a rollout in one forward pass: the rollout once, then one answer probe per prefix.
 
 IGPO's belief after k observations is ``v_k = mean_j log p(a_j | history_k, probe_prefix, a_<j)`` over the gold answer
-tokens. The official code runs one full forward pass over ``history_k + probe`` for every k (`per_prefix_answer_logprobs`
-here, kept as the reference). Here the rollout is fed once and followed by K+1 copies of the probe; a 4-D attention mask
-lets copy k see only the first ``b_k`` rollout tokens and itself (causally), and its position ids continue from
-``b_k``, so every copy computes exactly what a separate pass over ``rollout[:b_k] + probe`` computes. Two layouts:
+tokens. The official code runs one full forward pass over ``history_k + probe`` for every k
+(`per_prefix_answer_logprobs` here, kept as the reference). Here the rollout is fed once and followed by K+1 copies
+of the probe; a 4-D attention mask lets copy k see only the first ``b_k`` rollout tokens and itself (causally), and
+its position ids continue from ``b_k``, so every copy computes exactly what a separate pass over
+``rollout[:b_k] + probe`` computes. Layouts:
 
 * ``method="packed"``: one call; rollout and probe copies share one 4-D mask of size (T, T).
-* ``method="cached"``: two calls; the rollout alone (causal, the cost GRPO's old-log-prob pass already pays), then the
-  probe copies against its KV cache with a (P, L + P) mask. Same numbers, smaller mask, no wasted rollout-to-probe block.
+* ``method="cached"``: two calls; the rollout alone (plain causal attention), then the
+  probe copies against its KV cache with a (P, L + P) mask. Same numbers, smaller mask, no wasted
+  rollout-to-probe block.
 * ``method="auto"`` (default): "packed" up to `AUTO_PACKED_MAX_TOKENS` tokens per row, "cached" beyond (and always
   "packed" for sliding-window models, whose cache drops old keys).
 
@@ -66,7 +68,8 @@ def _prepare_row(input_ids, boundaries, probe_ids, score_mask, where: str = "") 
     mask = torch.as_tensor(score_mask)
     if mask.ndim != 1 or len(mask) != len(probe):
         raise ValueError(
-            f"{where}score_mask must be 1-D with one entry per probe token ({len(probe)}), got shape {tuple(mask.shape)}"
+            f"{where}score_mask must be 1-D with one entry per probe token ({len(probe)}), "
+            f"got shape {tuple(mask.shape)}"
         )
     mask = mask.bool()
     if not mask.any():
@@ -77,7 +80,8 @@ def _prepare_row(input_ids, boundaries, probe_ids, score_mask, where: str = "") 
     for i, b in enumerate(bounds):
         if not 1 <= b <= len(seq):
             raise ValueError(
-                f"{where}boundaries[{i}] = {b} is out of range: a prefix length must be in [1, len(input_ids)={len(seq)}]"
+                f"{where}boundaries[{i}] = {b} is out of range: "
+                f"a prefix length must be in [1, len(input_ids)={len(seq)}]"
             )
     offsets = mask.nonzero().flatten()
     last = int(offsets[-1])
@@ -127,10 +131,10 @@ def _as_model_mask(allowed: torch.Tensor, q_pos, kv_pos, config, dtype) -> torch
 def _layout(rows: list[_Row], seq_width: int, probe_width: int, include_seq: bool, device):
     """Token ids, position ids and a visibility matrix for rows laid out as [rollout | probe copies], right-padded.
 
-    ``seq_width`` / ``probe_width`` are the padded widths of the two parts. With ``include_seq=False`` only the probe part
-    is queried (the rollout is in the KV cache), but keys still span both parts. Visibility is filled block by block
-    (rollout: causal; probe copy k: the first b_k rollout tokens plus itself, causally; padding: only itself, so no
-    softmax row is empty), which is far cheaper than comparing index grids of size (T, T).
+    ``seq_width`` / ``probe_width`` are the padded widths of the two parts. With ``include_seq=False`` only the probe
+    part is queried (the rollout is in the KV cache), but keys still span both parts. Visibility is filled block by
+    block (rollout: causal; probe copy k: the first b_k rollout tokens plus itself, causally; padding: only itself, so
+    no softmax row is empty), which is far cheaper than comparing index grids of size (T, T).
     """
     B, W = len(rows), seq_width + probe_width
     q0 = 0 if include_seq else seq_width
@@ -220,7 +224,9 @@ def _rollout_pass(model, rows: list[_Row]) -> _RolloutPass:
     from transformers import DynamicCache
 
     if any(w is not None for w in _layer_windows(model.config)):
-        raise ValueError("method='cached' does not support sliding-window layers (their cache drops old keys); use 'packed'")
+        raise ValueError(
+            "method='cached' does not support sliding-window layers (their cache drops old keys); use 'packed'"
+        )
     device = _model_device(model)
     seq_width = max(len(r.seq) for r in rows)
     keep, counts = _predictor_positions(rows, seq_width, seq_width)
@@ -305,7 +311,8 @@ def batch_answer_logprobs(
         probe_ids: one probe per rollout, or a single probe shared by all.
         score_masks: per probe, a boolean mask of the scored (answer) tokens; or a single mask shared by all.
         method: ``"packed"`` (one call, rollout and probes under one mask), ``"cached"`` (rollouts first, then the
-            probes against their KV cache) or ``"auto"`` (the faster of the two by row width); all give the same numbers.
+            probes against their KV cache) or ``"auto"`` (the faster of the two by row width); all give the same
+            numbers.
         max_rows: score at most this many rollouts per forward pass; None = as many as ``max_mask_elements`` allows.
         max_mask_elements: bound on rows x T x T of one pass's attention mask (2**26: 256 MiB in float32); longer
             groups are split into several passes. A single row is never split.

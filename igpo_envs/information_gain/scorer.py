@@ -2,8 +2,8 @@
 
 History rendering (shared with the trainer, so both score the same tokens): the prompt, i.e. the messages before the
 first assistant message, goes through the tokenizer's chat template as a user turn with the generation prompt
-(plain text when the tokenizer has no template); every later message (agent turn, observation) is appended verbatim,
-with no separator, as one growing assistant turn, the Search-R1 layout. Each piece is tokenised on its own and the ids
+(plain text when the tokenizer has no template); every later message is appended as one growing assistant turn, the
+Search-R1 layout: agent turns verbatim, observations as `igpo_envs.protocol.observation_text` (on their own lines). Each piece is tokenised on its own and the ids
 concatenated, so turn boundaries are exact token boundaries (this is what a rollout's token stream looks like: the
 generated ids followed by the observation's ids).
 """
@@ -16,7 +16,7 @@ import torch
 
 from igpo_envs.information_gain.formulas import information_gains
 from igpo_envs.information_gain.packed import METHODS, answer_logprobs
-from igpo_envs.protocol import answer_probe
+from igpo_envs.protocol import answer_probe, observation_text
 
 
 def _split_prompt(messages: Sequence[dict]) -> tuple[list[dict], list[dict]]:
@@ -37,10 +37,14 @@ def _render_prompt(tokenizer, prompt_messages: list[dict]) -> str:
     return "".join(m["content"] for m in prompt_messages)
 
 
+def _turn_text(message: dict) -> str:
+    return message["content"] if message["role"] == "assistant" else observation_text(message["content"])
+
+
 def render_history(tokenizer, messages: Sequence[dict]) -> str:
-    """The text the policy sees for ``messages``: chat-templated prompt, then every later message verbatim."""
+    """The text the policy sees for ``messages``: chat-templated prompt, then its turns and the observations."""
     prompt, turns = _split_prompt(messages)
-    return _render_prompt(tokenizer, prompt) + "".join(m["content"] for m in turns)
+    return _render_prompt(tokenizer, prompt) + "".join(_turn_text(m) for m in turns)
 
 
 def tokenize_history(tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
@@ -57,14 +61,16 @@ def tokenize_history(tokenizer, messages: Sequence[dict]) -> tuple[list[int], li
         raise ValueError("the prompt renders to no tokens")
     boundaries = [len(ids)]
     for i, message in enumerate(turns):
-        ids += tokenizer(message["content"], add_special_tokens=False)["input_ids"]
-        ends_observations = message["role"] != "assistant" and (i + 1 == len(turns) or turns[i + 1]["role"] == "assistant")
-        if ends_observations:
+        ids += tokenizer(_turn_text(message), add_special_tokens=False)["input_ids"]
+        next_is_agent = i + 1 == len(turns) or turns[i + 1]["role"] == "assistant"
+        if message["role"] != "assistant" and next_is_agent:  # the end of a run of observations
             boundaries.append(len(ids))
     return ids, boundaries
 
 
-def tokenize_probe(tokenizer, answer: str, protocol: str = "tag", style: str = "answer") -> tuple[list[int], list[bool]]:
+def tokenize_probe(
+    tokenizer, answer: str, protocol: str = "tag", style: str = "answer"
+) -> tuple[list[int], list[bool]]:
     """Probe ids and score mask: `answer_probe`'s prefix, answer and suffix tokenised separately and concatenated."""
     if not isinstance(answer, str) or not answer.strip():
         raise ValueError(f"the gold answer must be a non-empty string, got {answer!r}")
