@@ -196,11 +196,15 @@ def format_table(results: list[dict[str, Any]]) -> str:
     def fmt(key, value):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
+        if key == "information_gain":
+            return f"{value:+.4f}"
         return f"{100 * value:.1f}" if key in ("em", "f1", "gold_recall") else f"{value:.2f}"
 
     columns = COLUMNS
     if any(r.get("gold_recall") is not None for r in results):  # only tasks with known gold evidence have it
-        columns = (*COLUMNS, ("gold recall", "gold_recall"))
+        columns = (*columns, ("gold recall", "gold_recall"))
+    if any(r.get("information_gain") is not None for r in results):  # with --ig-scorer
+        columns = (*columns, ("IG/search", "information_gain"))
     rows = [[r["env_id"], *(fmt(k, r.get(k)) for _, k in columns)] for r in results]
     if len(results) > 1:
         rows.append(["Avg.", *(fmt(k, _mean([r[k] for r in results if r.get(k) is not None])) for _, k in columns)])

@@ -157,3 +157,4 @@ def test_evaluate_with_information_gain_scorer(tmp_path):
                       progress=False, ig_scorer=str(path))
     assert result["em"] == 1.0 and result["searches"] == 1.0
     assert isinstance(result["information_gain"], float) and result["information_gain"] == result["information_gain"]
+    assert format_table([result]).splitlines()[0].split()[-1] == "IG/search"  # the table reports it too
