@@ -104,17 +104,17 @@ def start_diagnostics(model, tokenizer, env, *, num_questions: int = 32, num_gen
     _, zero_grpo = group_turn_advantages(outcome_rewards, num_generations, gamma=1.0, norm="joint")
     _, zero_igpo = group_turn_advantages([e.turn_rewards for e in episodes], num_generations, gamma=1.0,
                                          norm="joint")
-    all_wrong_some_gold = 0
+    answer_hit = set()  # episodes with a search turn that retrieved the passage stating the answer
+    for (n, _, _), passages in zip(searches, retrieved):
+        gold = base.items[episodes[n].question_index].gold_passage_ids
+        if gold and gold[-1] in {p.id for p in passages}:
+            answer_hit.add(n)
     groups = len(episodes) // num_generations
-    for g in range(groups):
-        group = episodes[g * num_generations:(g + 1) * num_generations]
-        item = base.items[group[0].question_index]
-        if all(e.em < 1.0 for e in group):
-            hit = [n for n in range(g * num_generations, (g + 1) * num_generations)
-                   if any(s[0] == n for s in searches)]
-            answer_hits = {s[0] for s, ps in zip(searches, retrieved)
-                           if item.gold_passage_ids and item.gold_passage_ids[-1] in {p.id for p in ps}}
-            all_wrong_some_gold += bool(set(hit) & answer_hits)
+    all_wrong_some_gold = sum(
+        all(e.em < 1.0 for e in episodes[g * num_generations:(g + 1) * num_generations])
+        and any(n in answer_hit for n in range(g * num_generations, (g + 1) * num_generations))
+        for g in range(groups)
+    )
     return {
         "episodes": len(episodes),
         "em": _mean([e.em for e in episodes]),
