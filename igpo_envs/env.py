@@ -153,8 +153,10 @@ class SearchQAEnv(gym.Env[str, str]):
     - `questions`: path to a FlashRAG jsonl (`{id, question, golden_answers}`) or a Search-R1/verl parquet, or a
       sequence of `QAItem`.
     - `corpus`: path to a wiki-18 style jsonl corpus (indexed with BM25 by `igpo_envs.search.make_retriever`).
-    - `retriever`: a `Retriever` instance (takes precedence); `retriever_url`: a Search-R1 `/retrieve` server.
-    - `retriever_kwargs`: extra arguments for `make_retriever`.
+    - `retriever`: a `Retriever` instance (e.g. a web backend or `RayRetrieverPool`), or the local engine for
+      `corpus` by name, `"bm25s"` (default) or `"tantivy"`; `retriever_url`: a Search-R1 `/retrieve` server.
+    - `retriever_kwargs`: extra arguments for `make_retriever`, e.g. `{"index": dir}` for a prebuilt
+      `igpo-index build` directory (its manifest must match `corpus` when both are given).
     - `protocol`: `"tag"` or `"tool_call"`. `prompt_template`: overrides the prompt (must contain `{question}`).
     - `topk`: passages per search (3). `max_turns`: turn limit (10, as the paper).
     - `format_penalty`: reward of a malformed turn (-2.0). `reward_metric`: `"f1"` or `"em"`.
@@ -171,7 +173,7 @@ class SearchQAEnv(gym.Env[str, str]):
         self,
         questions: str | Path | Sequence[QAItem],
         corpus: str | Path | None = None,
-        retriever: Retriever | None = None,
+        retriever: Retriever | str | None = None,
         retriever_url: str | None = None,
         protocol: str = "tag",
         topk: int = 3,
