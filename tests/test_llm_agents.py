@@ -117,6 +117,22 @@ def test_hf_agent_batches_left_padded_prompts(tiny_agent_model):
     assert [agent.act("", first), agent.act("", second)] == [SEARCH, ANSWER]
 
 
+def test_hf_agent_inline_transcript_is_the_training_layout(tiny_agent_model):
+    from igpo_envs.information_gain import render_history
+    from igpo_envs.protocol import observation_text
+
+    first, second = episode_messages()
+    agent = HFAgent(tiny_agent_model, max_new_tokens=24, transcript="inline")
+    messages = second["messages"]
+    prompt = agent.prompt("", second)
+    assert prompt == render_history(agent.tokenizer, messages)
+    assert prompt.endswith(messages[1]["content"] + observation_text(messages[2]["content"]))
+    assert "<|im_start|>" not in prompt.split("<|im_start|>assistant\n", 1)[1]  # one running assistant message
+    assert agent.prompt("", first) == HFAgent(tiny_agent_model, transcript="chat").prompt("", first)  # same start
+    with pytest.raises(ValueError, match="transcript must be one of"):
+        HFAgent(tiny_agent_model, transcript="threaded")
+
+
 def test_hf_agent_sampling_and_errors(tiny_agent_model, tmp_path):
     first, _ = episode_messages()
     sampled = HFAgent(tiny_agent_model, max_new_tokens=8, temperature=1.0, seed=0).act("", first)

@@ -57,6 +57,9 @@ def _messages(observation: str, info: dict[str, Any], agent: str) -> list[dict[s
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+TRANSCRIPTS = ("chat", "inline")
+
+
 class HFAgent:
     """A local causal LM (transformers) as an agent.
 
@@ -70,6 +73,10 @@ class HFAgent:
         stop: strings that end a turn.
         seed: seeds torch for reproducible sampling.
         chat_template_kwargs: extra arguments for ``apply_chat_template`` (e.g. ``{"enable_thinking": False}``).
+        transcript: how the episode so far is shown to the model. ``"chat"``: one chat message per turn (for
+            instruct models). ``"inline"``: the layout ``igpo-train`` rollouts use (the chat-templated prompt, then
+            the agent's turns and the observations as one running assistant message,
+            `igpo_envs.information_gain.render_history`) — use it for models trained with igpo.
     """
 
     def __init__(
@@ -85,10 +92,14 @@ class HFAgent:
         stop: Sequence[str] = ACTION_STOPS,
         seed: int | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        transcript: str = "chat",
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if transcript not in TRANSCRIPTS:
+            raise ValueError(f"transcript must be one of {TRANSCRIPTS}, got {transcript!r}")
+        self.transcript = transcript
         if max_new_tokens < 1 or batch_size < 1 or temperature < 0:
             raise ValueError("max_new_tokens and batch_size must be >= 1 and temperature >= 0")
         self.model_path = str(model_path)
@@ -110,7 +121,11 @@ class HFAgent:
             torch.manual_seed(seed)
 
     def prompt(self, observation: str, info: dict[str, Any]) -> str:
-        """The chat-templated prompt text for the next turn."""
+        """The prompt text for the next turn (see ``transcript``)."""
+        if self.transcript == "inline":
+            from igpo_envs.information_gain import render_history
+
+            return render_history(self.tokenizer, _messages(observation, info, "HFAgent"))
         return self.tokenizer.apply_chat_template(
             _messages(observation, info, "HFAgent"), tokenize=False, add_generation_prompt=True,
             **self.chat_template_kwargs,
@@ -282,6 +297,8 @@ def add_agent_arguments(parser) -> None:
     group.add_argument("--max-new-tokens", type=int, default=None, help="generation budget per turn (default 512)")
     group.add_argument("--temperature", type=float, default=None, help="0 = greedy (default); > 0 samples")
     group.add_argument("--device", default=None, help="torch device for hf:<model> (default cpu)")
+    group.add_argument("--transcript", default=None, choices=TRANSCRIPTS,
+                       help="hf:<model>: 'chat' (a message per turn, default) or 'inline' (the igpo-train layout)")
     group.add_argument("--concurrency", type=int, default=None,
                        help="parallel requests of openai:<model> (default 4)")
 
@@ -293,6 +310,7 @@ def agent_kwargs(spec: str, args) -> dict[str, Any]:
               "temperature": getattr(args, "temperature", None)}
     if name == "hf":
         return _drop_unset({**common, "device": getattr(args, "device", None),
+                            "transcript": getattr(args, "transcript", None),
                             "batch_size": getattr(args, "batch_size", None)})
     if name == "openai":
         return _drop_unset({**common, "base_url": getattr(args, "base_url", None),
