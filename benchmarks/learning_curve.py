@@ -4,8 +4,10 @@
 
 The SFT start is built once (the `igpo-demo` pipeline: tiny model + `igpo_trainer.warmstart`) and every run starts
 from it. Each (method, seed) is a separate process with one torch thread (on this shared 2-core machine two threads
-made tiny-model training 50-100x slower); ``--jobs`` of them run at a time. Every ``--eval-every`` steps a run is
-evaluated greedily on held-out eval-split questions with `igpo_envs.cli.evaluate`.
+made tiny-model training 50-100x slower); ``--jobs`` of them run at a time. Default 1: measured here, two runs in
+parallel took 7-16 s per step each against 1.6-2.2 s for one run alone, so running them one after the other is faster.
+Every ``--eval-every`` steps a run is evaluated greedily on held-out eval-split questions with `igpo_envs.cli.evaluate`.
+Curves and "steps to GRPO's final score" use held-out F1 (``SCORE``); EM is tabulated too.
 
 Writes under ``--out`` (default benchmarks/results): ``learning_curve.csv`` (one row per method, seed and evaluation
 step), ``learning_curve_summary.csv``, ``learning_curve.png`` (held-out EM vs step and vs training seconds, mean ±
@@ -56,7 +58,8 @@ def build_start(args) -> Path:
     settings = settings_for(args)
     base = build_model(start / "tiny", settings, seed=0)
     info = warm_start(base, make_train_env(settings), start / "sft", num_examples=settings.sft_examples,
-                      epochs=settings.sft_epochs, learning_rate=settings.sft_lr, seed=0, progress=False)
+                      epochs=settings.sft_epochs, learning_rate=settings.sft_lr,
+                      batch_size=settings.sft_batch_size, seed=0, progress=False)
     (start / "sft_info.json").write_text(json.dumps(info, indent=1))
     return start / "sft"
 
@@ -105,7 +108,10 @@ def run_all(args) -> None:
     build_start(args)
     step0 = start_eval(args)
     print(f"SFT start ready ({time.perf_counter() - began:.0f} s); held-out EM {100 * step0['em']:.1f}", flush=True)
-    jobs = [(m, s) for s in args.seeds for m in args.methods]  # seed-major: every method gets seed 0 first
+    # IGPO vs GRPO on every seed first, then the ablations seed by seed (so a cut-short run still has the main pair)
+    main_pair = [m for m in args.methods if m in ("grpo", "igpo")]
+    jobs = [(m, s) for s in args.seeds for m in main_pair]
+    jobs += [(m, s) for s in args.seeds for m in args.methods if m not in main_pair]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRL_EXPERIMENTAL_SILENCE": "1"}
     running: list[tuple[subprocess.Popen, str, int, float]] = []
@@ -120,9 +126,9 @@ def run_all(args) -> None:
             cmd = [sys.executable, __file__, "--worker", "--method", method, "--seed", str(seed), "--start",
                    args.start, "--run-dir", str(run_dir), "--steps", str(args.steps), "--eval-every",
                    str(args.eval_every), "--eval-episodes", str(args.eval_episodes)]
-            log = open(run_dir / "log.txt", "w")
-            running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), method, seed,
-                            time.perf_counter()))
+            with open(run_dir / "log.txt", "w") as log:  # the child keeps its own handle
+                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running.append((proc, method, seed, time.perf_counter()))
         time.sleep(2)
         for entry in list(running):
             proc, method, seed, t0 = entry
@@ -135,6 +141,7 @@ def run_all(args) -> None:
 
 def aggregate(args, step0: dict | None = None) -> None:
     out, runs_dir = Path(args.out), Path(args.runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results = []
     for method in args.methods:
         for seed in args.seeds:
@@ -167,7 +174,10 @@ def aggregate(args, step0: dict | None = None) -> None:
         write_section(Path(args.write), table, summary, args)
 
 
-def _band(results, method, key="em"):
+SCORE = "f1"  # the score the curves, bands and "steps to GRPO's final" use (EM is also tabulated)
+
+
+def _band(results, method, key=SCORE):
     """(steps, mean, std, seconds) of held-out ``key`` over the seeds of ``method`` (steps all seeds share)."""
     runs = [r for r in results if r["method"] == method]
     steps = sorted(set.intersection(*[{c["step"] for c in r["curve"]} for r in runs])) if runs else []
@@ -180,14 +190,15 @@ def summarize(results, step0) -> list[dict]:
     methods = list(dict.fromkeys(r["method"] for r in results))
     grpo_final = None
     if "grpo" in methods:
-        _, mean, _, _, _ = _band(results, "grpo")
+        _, mean, _, _, _ = _band(results, "grpo", SCORE)
         grpo_final = float(mean[-1])
     summary = []
     for method in methods:
         runs = [r for r in results if r["method"] == method]
-        steps, em, em_std, _, n = _band(results, method)
+        steps, em, em_std, _, n = _band(results, method, "em")
         _, f1, f1_std, _, _ = _band(results, method, "f1")
-        reach = next((s for s, v in zip(steps, em) if grpo_final is not None and v >= grpo_final), None)
+        score = f1 if SCORE == "f1" else em
+        reach = next((s for s, v in zip(steps, score) if grpo_final is not None and v >= grpo_final), None)
         train = [h for r in runs for h in r["train"]]
 
         def avg(key, rows=train):
@@ -200,7 +211,8 @@ def summarize(results, step0) -> list[dict]:
             "method": method, "seeds": n, "steps": runs[0]["steps"],
             "final_em": float(em[-1]), "final_em_std": float(em_std[-1]),
             "final_f1": float(f1[-1]), "final_f1_std": float(f1_std[-1]),
-            "best_em": float(em.max()), "start_em": step0["em"],
+            "best_em": float(em.max()), "best_f1": float(f1.max()), "start_em": step0["em"],
+            "start_f1": step0["f1"],
             "steps_to_grpo_final": reach if reach is not None else "",
             "zero_adv_group_frac": avg("igpo/zero_adv_group_frac"),
             "train_searches": avg("igpo/searches"),
@@ -220,15 +232,15 @@ def summary_table(summary) -> str:
             return "-"
         return f"{100 * x:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
 
-    lines = ["| method | seeds | held-out EM, final | F1, final | best EM | steps to GRPO's final EM | zero-adv groups "
-             "(train) | searches/ep (eval) | gold recall (eval) | s/step | IG share of step | collapsed |",
+    lines = [("| method | seeds | held-out EM, final | F1, final | best F1 | steps to GRPO's final F1 | zero-adv "
+              "groups (train) | searches/ep (eval) | gold recall (eval) | s/step | IG share of step | collapsed |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
-        reach = s["steps_to_grpo_final"]
+        reach = "reference" if s["method"] == "grpo" else s["steps_to_grpo_final"]
         lines.append(
             f"| {s['method']} | {s['seeds']} | {pct(s['final_em'], s['final_em_std'])} | "
-            f"{pct(s['final_f1'], s['final_f1_std'])} | {pct(s['best_em'])} | "
-            f"{reach if reach != '' else 'not reached'} / {s['steps']} | {pct(s['zero_adv_group_frac'])} | "
+            f"{pct(s['final_f1'], s['final_f1_std'])} | {pct(s['best_f1'])} | "
+            f"{reach if reach != '' else 'not reached'}{'' if reach == 'reference' else ' / ' + str(s['steps'])} | {pct(s['zero_adv_group_frac'])} | "
             f"{s['eval_searches']:.2f} | {pct(s['eval_gold_recall'])} | {s['seconds_per_step']:.2f} | "
             f"{pct(s['ig_time_share'])} | {s['collapsed_runs']} |")
     return "\n".join(lines)
@@ -244,14 +256,14 @@ def plot(results, step0, path: Path) -> None:
     for method in dict.fromkeys(r["method"] for r in results):
         steps, mean, std, seconds, n = _band(results, method)
         steps, seconds = [0, *steps], np.array([0.0, *seconds])
-        mean, std = 100 * np.array([step0["em"], *mean]), 100 * np.array([0.0, *std])
+        mean, std = 100 * np.array([step0[SCORE], *mean]), 100 * np.array([0.0, *std])
         for ax, x in ((by_step, steps), (by_time, seconds)):
             ax.plot(x, mean, "o-", ms=3, label=f"{method} (n={n})")
             ax.fill_between(x, mean - std, mean + std, alpha=0.15)
-    by_step.set(xlabel="RL step (same rollouts per step for every method)", ylabel="held-out EM (%)",
-                title="Held-out EM vs step (mean ± std over seeds)")
-    by_time.set(xlabel="training seconds (evaluation excluded)", ylabel="held-out EM (%)",
-                title="Held-out EM vs wall-clock")
+    by_step.set(xlabel="RL step (same rollouts per step for every method)", ylabel=f"held-out {SCORE.upper()} (%)",
+                title=f"Held-out {SCORE.upper()} vs step (mean ± std over seeds)")
+    by_time.set(xlabel="training seconds (evaluation excluded)", ylabel=f"held-out {SCORE.upper()} (%)",
+                title=f"Held-out {SCORE.upper()} vs wall-clock")
     for ax in (by_step, by_time):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -292,7 +304,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-episodes", type=int, default=100)
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one torch thread each)")
     parser.add_argument("--start", default="runs/learning_curve/start", help="where the shared SFT start lives")
     parser.add_argument("--runs-dir", default="runs/learning_curve/runs")
     parser.add_argument("--out", default="benchmarks/results")

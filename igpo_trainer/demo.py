@@ -39,22 +39,23 @@ class DemoSettings:
     num_docs: int = 2000
     train_questions: int = 1000
     eval_questions: int = 200
-    topk: int = 2
+    topk: int = 1
     max_turns: int = 4
-    hidden_size: int = 64
-    num_layers: int = 2
-    vocab_size: int = 1024
-    sft_examples: int = 1500
-    sft_epochs: float = 3.0
-    sft_lr: float = 3e-3
-    steps: int = 60
-    questions_per_step: int = 8
+    hidden_size: int = 128
+    num_layers: int = 4
+    vocab_size: int = 2048
+    sft_examples: int = 4000
+    sft_epochs: float = 2.0
+    sft_lr: float = 4e-3
+    sft_batch_size: int = 32
+    steps: int = 20
+    questions_per_step: int = 4
     num_generations: int = 8
     learning_rate: float = 1e-4
     max_turn_length: int = 24
     max_completion_length: int = 320
-    eval_every: int = 10
-    eval_episodes: int = 100
+    eval_every: int = 5
+    eval_episodes: int = 64
     diag_questions: int = 32
     adv_std_floor: float = 0.0
     extra: dict = field(default_factory=dict)  # extra IGPOConfig fields for the IGPO run (ablations)
@@ -65,9 +66,10 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(num_docs=200, train_questions=40, eval_questions=16, hidden_size=32, num_layers=1,
-                     vocab_size=600, sft_examples=96, sft_epochs=2.0, sft_lr=5e-3, steps=2, questions_per_step=2,
-                     num_generations=4, eval_every=1, eval_episodes=8, diag_questions=4, max_completion_length=256)
+QUICK = DemoSettings(num_docs=200, train_questions=40, eval_questions=16, hidden_size=64, num_layers=2,
+                     vocab_size=600, sft_examples=192, sft_epochs=2.0, sft_lr=1e-2, sft_batch_size=8, steps=2,
+                     questions_per_step=2, num_generations=4, eval_every=1, eval_episodes=8, diag_questions=4,
+                     max_completion_length=256)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation agent
@@ -222,7 +224,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(runs: dict[str, dict[str, Any]], path: Path, start_em: float) -> None:
+def plot_curves(runs: dict[str, dict[str, Any]], path: Path, start: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,10 +235,12 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path, start_em: float) ->
         steps = [h["step"] for h in run["logs"]]
         left.plot(steps, [h.get("reward", float("nan")) for h in run["logs"]], label=f"{name} train reward", alpha=.7)
         curve = run["curve"]
-        right.plot([0] + [c["step"] for c in curve], [100 * start_em] + [100 * c["em"] for c in curve], "o-",
+        right.plot([0] + [c["step"] for c in curve], [100 * start["em"]] + [100 * c["em"] for c in curve], "o-",
                    label=f"{name} held-out EM")
+        right.plot([0] + [c["step"] for c in curve], [100 * start["f1"]] + [100 * c["f1"] for c in curve], "s--",
+                   label=f"{name} held-out F1")
     left.set(xlabel="step", ylabel="mean outcome reward (train batch)", title="Training reward")
-    right.set(xlabel="step", ylabel="EM (%)", title="Held-out EM (greedy, eval split)")
+    right.set(xlabel="step", ylabel="score (%)", title="Held-out EM and F1 (greedy, eval split)")
     for ax in (left, right):
         ax.grid(alpha=.3)
         ax.legend()
@@ -274,7 +278,8 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
     t = time.perf_counter()
     sft_dir = out / "sft"
     sft = warm_start(base_dir, env, sft_dir, num_examples=settings.sft_examples, epochs=settings.sft_epochs,
-                     learning_rate=settings.sft_lr, seed=seed, progress=progress)
+                     learning_rate=settings.sft_lr, batch_size=settings.sft_batch_size, seed=seed,
+                     progress=progress)
     timings["sft"] = time.perf_counter() - t
 
     say("diagnostics at the RL start point")
@@ -306,7 +311,7 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
     timings["total"] = time.perf_counter() - begin
 
     table = results_table(rows)
-    plot_curves(runs, out / "curves.png", start_eval["em"])
+    plot_curves(runs, out / "curves.png", start_eval)
     report = {
         "settings": asdict(settings), "seed": seed, "task": {**TASK, "env_id": ENV_ID}, "sft": sft,
         "diagnostics": diagnostics, "rows": rows, "timings": timings,
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="igpo-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="RL steps per method (default: 60; --quick: 2)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per method (default: 20; --quick: 2)")
     parser.add_argument("--quick", action="store_true", help="CI-sized miniature (tiny world and model, 2 steps)")
     parser.add_argument("--adv-std-floor", type=float, default=None,
                         help="IGPO's group-std floor (default 0 = the paper's method)")

@@ -139,8 +139,8 @@ def start_diagnostics(model, tokenizer, env, *, num_questions: int = 32, num_gen
 
 def format_diagnostics(d: dict[str, Any]) -> str:
     """A small markdown table of `start_diagnostics` figures."""
-    pct = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"  # noqa: E731
-    num = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.4f}"  # noqa: E731
+    pct = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+    num = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.4f}"
     rows = [
         ("episodes sampled", str(d["episodes"])),
         ("EM / F1", f"{pct(d['em'])} / {pct(d['f1'])}"),

@@ -72,7 +72,7 @@ def script_trajectory(env, index: int, plan: str) -> tuple[str, list[tuple[str, 
 
     def search(query: str) -> str:
         action = f"<search> {query} </search>"
-        observation, _, terminated, truncated, info = base.step(action)
+        observation, _, terminated, truncated, _ = base.step(action)
         if terminated or truncated:
             raise RuntimeError(f"question {item.id}: the env ended the episode at search {len(turns) + 1}; "
                                f"max_turns={base.max_turns} is too small for plan {plan!r}")

@@ -35,7 +35,7 @@ def _finite(x):
 
 
 def test_demo_writes_table_json_and_plot(demo_out):
-    out, report = demo_out
+    out, _ = demo_out
     for name in ("results.md", "results.json", "curves.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -65,14 +65,14 @@ def test_demo_sft_start_speaks_the_protocol(demo_out):
 
 def test_warmstart_renders_trajectories_like_rollouts():
     """A scripted trajectory's tokens equal what run_episodes builds for the same turns; loss only on policy turns."""
+    import tempfile
+
     from transformers import AutoTokenizer
 
     from igpo_envs.env import step_batch
     from igpo_trainer.demo import QUICK, build_model, make_train_env
     from igpo_trainer.rollout import run_episodes
     from igpo_trainer.warmstart import render_trajectory, script_trajectory
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(build_model(tmp, QUICK, seed=0))
@@ -106,7 +106,7 @@ def test_naive_read_plan_reads_consistently():
     env = make_train_env(QUICK)
     outcomes = []
     for i in range(20):
-        prompt, turns, info = script_trajectory(env, i, "naive_read")
+        _, turns, info = script_trajectory(env, i, "naive_read")
         assert turns[0][0] == f"<search> {env.unwrapped.items[i].question} </search>"
         assert turns[-1][1] is None and turns[-1][0].startswith("<answer>")
         if info["gold_recall"] == 1.0:
@@ -130,9 +130,9 @@ def test_learning_curve_aggregates_seed_bands(tmp_path):
                       "gold_recall": 0.5, "format_error_rate": 0.0} for s in (2, 4)]
             results.append({"method": method, "seed": seed, "steps": 4, "seconds": 4.0, "seconds_per_step": 1.0,
                             "curve": curve, "train": [{"step": 1, "igpo/zero_adv_group_frac": 0.5}]})
-    summary = {s["method"]: s for s in lc.summarize(results, {"em": 0.0})}
+    summary = {s["method"]: s for s in lc.summarize(results, {"em": 0.0, "f1": 0.0})}
     assert summary["grpo"]["final_em"] == pytest.approx(0.25)
     assert summary["grpo"]["final_em_std"] == pytest.approx(0.05)
-    assert summary["igpo"]["steps_to_grpo_final"] == 4  # igpo reaches 0.25 only at step 4 (0.225 at step 2)
-    lc.plot(results, {"em": 0.0}, tmp_path / "p.png")
+    assert summary["igpo"]["steps_to_grpo_final"] == 2  # F1 (the benchmark score) 0.4 >= grpo final 0.25 at step 2
+    lc.plot(results, {"em": 0.0, "f1": 0.0}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
