@@ -90,13 +90,15 @@ def worker(args) -> None:
 def start_eval(args) -> dict:
     """Held-out evaluation of the SFT start (step 0 of every curve)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from igpo_envs.hf_tokenizer import load_tokenizer
 
     from igpo_trainer.demo import _pick, evaluate_policy
 
     torch.set_num_threads(1)
     path = Path(args.start) / "sft"
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), load_tokenizer(path)
     return _pick(evaluate_policy(model, tokenizer, settings_for(args), episodes=args.eval_episodes))
 
 

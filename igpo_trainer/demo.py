@@ -29,7 +29,7 @@ ENV_ID = "igpo/SynthMultiHop-v0"
 #: Short prompt: the tiny model learns the protocol from the warm start, and short contexts keep CPU steps cheap.
 PROMPT = "Question: {question}"
 TASK = {"num_docs": 2000, "hops": 2, "distractors": 2, "hard_queries": True, "seed": 0,
-        "prompt_template": PROMPT}
+        "paths": [["director", "birthplace"]], "prompt_template": PROMPT}
 
 
 @dataclass
@@ -44,6 +44,7 @@ class DemoSettings:
     hidden_size: int = 128
     num_layers: int = 4
     vocab_size: int = 2048
+    tokenizer_kind: str = "word"  # whole-word tokens: copying names is what the warm start must learn, fast
     sft_examples: int = 4000
     sft_epochs: float = 2.0
     sft_lr: float = 4e-3
@@ -135,7 +136,7 @@ def build_model(out: Path, settings: DemoSettings, seed: int) -> Path:
     world = get_world(settings.num_docs, TASK["distractors"], TASK["seed"])
     return build_tiny_model(out, world.vocabulary_texts(), vocab_size=settings.vocab_size,
                             hidden_size=settings.hidden_size, num_layers=settings.num_layers, num_heads=4,
-                            num_kv_heads=2, seed=seed)
+                            num_kv_heads=2, seed=seed, tokenizer_kind=settings.tokenizer_kind)
 
 
 def make_train_env(settings: DemoSettings):
@@ -158,8 +159,8 @@ def rl_config(out: Path, settings: DemoSettings, *, seed: int, use_information_g
         max_turns=settings.max_turns, topk=settings.topk, env_id=ENV_ID, env_kwargs=env_kwargs,
         learning_rate=settings.learning_rate, lr_scheduler_type="constant", beta=0.0, temperature=1.0, top_k=0,
         top_p=1.0, logging_steps=1, save_strategy="no", seed=seed, disable_tqdm=not progress,
-        use_information_gain=use_information_gain, adv_std_floor=settings.adv_std_floor if use_information_gain
-        else 0.0, **overrides,
+        use_information_gain=use_information_gain,
+        **{"adv_std_floor": settings.adv_std_floor if use_information_gain else 0.0, **overrides},
     )
 
 
@@ -169,13 +170,15 @@ def train_rl(start_dir: Path, out: Path, settings: DemoSettings, *, seed: int, u
 
     Returns the per-step training logs, the held-out curve, seconds of training (evaluation excluded) and the model.
     """
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
+
+    from igpo_envs.hf_tokenizer import load_tokenizer
 
     from igpo_trainer import IGPOTrainer
 
     args = rl_config(out, settings, seed=seed, use_information_gain=use_information_gain, progress=progress,
                      **{**(settings.extra if use_information_gain else {}), **overrides})
-    tokenizer = AutoTokenizer.from_pretrained(start_dir)
+    tokenizer = load_tokenizer(start_dir)
     curve: list[dict[str, Any]] = []
     clock = {"eval": 0.0}
 
@@ -253,8 +256,9 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path, start: dict[str, An
 def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, progress: bool = True) -> dict:
     """Run the pipeline; write ``results.md``, ``results.json``, ``curves.png`` under ``out``; return the results."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from igpo_envs.hf_tokenizer import load_tokenizer
     from igpo_trainer.diagnostics import format_diagnostics, start_diagnostics
     from igpo_trainer.warmstart import warm_start
 
@@ -284,7 +288,7 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
 
     say("diagnostics at the RL start point")
     t = time.perf_counter()
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(sft_dir), AutoTokenizer.from_pretrained(sft_dir)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(sft_dir), load_tokenizer(sft_dir)
     diagnostics = start_diagnostics(model, tokenizer, env, num_questions=settings.diag_questions,
                                     num_generations=settings.num_generations, seed=seed,
                                     max_turn_length=settings.max_turn_length,

@@ -103,6 +103,11 @@ class HFTurnGenerator:
         self.stop_strings = list(stop_strings)
         self.eos_token_ids = set(eos_token_ids)
         self.pad_token_id = tokenizer.pad_token_id
+        # Closing tags that are single tokens stop generation as extra EOS ids: exact, cheaper than string matching,
+        # and independent of how the tokenizer spells its vocabulary (HF's StopStringCriteria cannot read a
+        # word-level one).
+        stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in self.stop_strings]
+        self.stop_token_ids = [ids[0] for ids in stop_ids] if all(len(ids) == 1 for ids in stop_ids) else None
 
     @torch.no_grad()
     def __call__(self, contexts, max_new_tokens):
@@ -116,12 +121,18 @@ class HFTurnGenerator:
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention_mask[row, width - len(ids) :] = 1
         config = copy.deepcopy(self.generation_config)
-        config.max_new_tokens, config.stop_strings = max_new_tokens, self.stop_strings
+        config.max_new_tokens = max_new_tokens
+        extra = {}
+        if self.stop_token_ids is None:
+            config.stop_strings, extra["tokenizer"] = self.stop_strings, self.tokenizer
+        else:
+            eos = config.eos_token_id if config.eos_token_id is not None else sorted(self.eos_token_ids)
+            config.eos_token_id = [*([eos] if isinstance(eos, int) else eos), *self.stop_token_ids]
         output = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             generation_config=config,
-            tokenizer=self.tokenizer,
+            **extra,
         )
         return [(self._cut(row.tolist()), None) for row in output[:, width:].cpu()]
 

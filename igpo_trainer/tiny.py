@@ -1,7 +1,10 @@
 """Tiny local models for tests, benchmarks and the CPU demo: no model hub needed.
 
-A byte-level BPE tokenizer is trained with `tokenizers` on the texts the model will see (so words of the task are
-whole tokens and decoding round-trips exactly, which the ``tool_call`` protocol's JSON needs), and a small
+A tokenizer is trained with `tokenizers` on the texts the model will see: byte-level BPE (the default; words of the
+task become whole tokens and decoding round-trips exactly, which the ``tool_call`` protocol's JSON needs) or a
+word-level vocabulary (``kind="word"``: one token per word or punctuation mark, so copying a name from a passage is
+copying whole tokens, which a 1M-parameter model learns several times faster; decoding joins words with spaces, fine
+for the ``tag`` protocol, not for JSON tool calls), and a small
 Qwen2- or Llama-architecture model is built from a config with random weights. Both are saved with
 ``save_pretrained`` because TRL reloads the reference model from ``model.config._name_or_path``.
 """
@@ -29,25 +32,39 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
-    """Train a byte-level BPE tokenizer on ``texts`` and wrap it as a transformers fast tokenizer."""
+TOKENIZER_KINDS = ("bpe", "word")
+UNK = "<unk>"
+#: Words every episode shows besides the task's own: chat roles and the passage layout of observations.
+FRAMING_TEXTS = ("system user assistant tool", *(f"Doc {i} (Title: x) y" for i in range(1, 11)))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, kind: str = "bpe"):
+    """Train a tokenizer of ``kind`` (``"bpe"``: byte-level BPE; ``"word"``: word level, see the module docstring)
+    on ``texts`` and wrap it as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS, IM_START, IM_END],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(texts) + list(PROMPT_TEMPLATES.values()), trainer=trainer)
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {TOKENIZER_KINDS}")
+    specials = [EOS, IM_START, IM_END]
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
+        tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # join with spaces, tidy punctuation
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials + [UNK],
+                                            show_progress=False)
+    tokenizer.train_from_iterator([*texts, *PROMPT_TEMPLATES.values(), *FRAMING_TEXTS], trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=IM_END,
         pad_token=EOS,
+        **({"unk_token": UNK} if kind == "word" else {}),
         additional_special_tokens=[IM_START],
         chat_template=CHAT_TEMPLATE,
     )
@@ -96,13 +113,15 @@ def build_tiny_model(
     num_heads: int = 4,
     num_kv_heads: int = 2,
     seed: int = 0,
+    tokenizer_kind: str = "bpe",
 ) -> Path:
-    """Train a tokenizer on ``texts``, build a random model of that size, save both to ``out_dir``; return the path."""
+    """Train a tokenizer (``tokenizer_kind``: ``"bpe"`` or ``"word"``) on ``texts``, build a random model of that size,
+    save both to ``out_dir``; return the path."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     out_dir = Path(out_dir)
-    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, kind=tokenizer_kind)
     config = tiny_config(tokenizer, arch, hidden_size, num_layers, num_heads, num_kv_heads)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -117,8 +136,10 @@ def build_tiny_model(
 
 def load_tiny(path: str | Path):
     """Load a model and tokenizer saved by `build_tiny_model` (or any local causal LM directory)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from igpo_envs.hf_tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     return model, tokenizer

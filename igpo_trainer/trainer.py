@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
+from igpo_envs.hf_tokenizer import load_tokenizer
 from igpo_trainer.config import IGPOConfig
 from igpo_trainer.rollout import (
     STOP_STRINGS,
@@ -133,6 +135,8 @@ class IGPOTrainer(GRPOTrainer):
                 "include_stop_str_in_output": True,
                 **(args.generation_kwargs or {}),
             }
+        if processing_class is None and isinstance(model, (str, Path)) and Path(model).is_dir():
+            processing_class = load_tokenizer(model)  # a local tokenizer as saved (e.g. igpo_trainer.tiny's word level)
         self._rollout_rows: list[dict] = []
         self._ig_seconds: float | None = None
         self.rollout_history: list[list[int]] = []  # question indices of each rollout batch (data-order checks)

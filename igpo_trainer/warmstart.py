@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from igpo_envs.hf_tokenizer import load_tokenizer
 from igpo_trainer.rollout import encode_prompt, observation_text
 
 PLANS = ("oracle", "naive_recover", "naive_read")
@@ -168,11 +169,11 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
     import time
 
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     rows, stats = demonstrations(env, tokenizer, num_examples, naive_share=naive_share, recover_share=recover_share,
                                  seed=seed)
     dataset = Dataset.from_list(rows)

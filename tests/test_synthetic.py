@@ -106,6 +106,38 @@ def test_hard_queries_name_the_start_by_alias(world):
         assert h.golden_answers == e.golden_answers
 
 
+def test_paths_fix_the_relation_chains(world):
+    chains = [["director", "birthplace"], ["founder", "employer", "founding_year"]]
+    items = world.questions(80, seed=1, paths=chains, hard_queries=True)
+    assert len(items) == 80
+    seen = Counter(tuple(q.metadata["relations"]) for q in items)
+    assert set(seen) == {tuple(c) for c in chains} and min(seen.values()) > 15
+    for q in items:
+        assert q.metadata["hops"] == len(q.metadata["relations"]) == len(q.metadata["oracle_queries"])
+    directed = [q for q in items if q.metadata["relations"] == ["director", "birthplace"]]
+    assert all(q.question.startswith("Where was the director of ") for q in directed)
+
+
+@pytest.mark.parametrize("paths, message", [
+    ([], "non-empty"),
+    ("director", "non-empty"),
+    ([["directed"]], "unknown relation"),
+    ([["birthplace", "director"]], "starts from a film"),
+    ([["release_year", "director"]], "plain value"),
+    ([["director"] * 5], "1-4 relation names"),
+])
+def test_paths_are_validated(world, paths, message):
+    with pytest.raises(ValueError, match=message):
+        world.questions(5, paths=paths)
+
+
+def test_paths_reach_the_env():
+    env = gym.make("igpo/SynthMultiHop-v0", num_docs=DOCS, num_questions=10, paths=[["mayor", "birth_year"]])
+    _, info = env.reset(seed=0)
+    assert all(item.metadata["relations"] == ["mayor", "birth_year"] for item in env.unwrapped.items)
+    env.close()
+
+
 def test_hops_list_mixes_and_validation(world):
     counts = Counter(q.metadata["hops"] for q in world.questions(200, hops=[1, 3], seed=0))
     assert set(counts) == {1, 3} and min(counts.values()) > 50

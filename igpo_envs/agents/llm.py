@@ -95,7 +95,9 @@ class HFAgent:
         transcript: str = "chat",
     ):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from igpo_envs.hf_tokenizer import load_tokenizer
 
         if transcript not in TRANSCRIPTS:
             raise ValueError(f"transcript must be one of {TRANSCRIPTS}, got {transcript!r}")
@@ -104,7 +106,7 @@ class HFAgent:
             raise ValueError("max_new_tokens and batch_size must be >= 1 and temperature >= 0")
         self.model_path = str(model_path)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self.tokenizer = load_tokenizer(self.model_path)
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(device)
         except OSError as exc:
             raise AgentError(f"cannot load a transformers model from {self.model_path!r}: {exc}") from None
@@ -150,12 +152,18 @@ class HFAgent:
 
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        stop_ids = [self.tokenizer.encode(s, add_special_tokens=False) for s in self.stop]
+        if all(len(ids) == 1 for ids in stop_ids):  # closing tags are tokens: stop on their ids (works for any vocab)
+            eos = self.model.generation_config.eos_token_id
+            eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+            stopping = {"eos_token_id": eos + [ids[0] for ids in stop_ids]}
+        else:
+            stopping = {"stop_strings": list(self.stop), "tokenizer": self.tokenizer}
         with torch.no_grad():
             generated = self.model.generate(
                 **encoded,
                 max_new_tokens=self.max_new_tokens,
-                stop_strings=list(self.stop),
-                tokenizer=self.tokenizer,
+                **stopping,
                 pad_token_id=self.tokenizer.pad_token_id,
                 **(sampling if self.temperature > 0 else {"do_sample": False}),
             )

@@ -135,9 +135,11 @@ class InformationGainScorer:
     @classmethod
     def from_pretrained(cls, path, *, dtype=torch.float32, **kwargs) -> InformationGainScorer:
         """Load a local (or hub) causal LM and its tokenizer from ``path``; the model is put in eval mode."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        from igpo_envs.hf_tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
         return cls(model, tokenizer, **kwargs)
 

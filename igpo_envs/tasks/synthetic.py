@@ -82,7 +82,7 @@ class SyntheticWorld:
 
     # ------------------------------------------------------------------ questions
     def questions(self, n: int, hops: int | Sequence[int] = 2, seed: int = 0, split: str = "all",
-                  hard_queries: bool = False) -> list[QAItem]:
+                  hard_queries: bool = False, paths: Sequence[Sequence[str]] | None = None) -> list[QAItem]:
         """``n`` distinct questions (fewer only if the split has fewer distinct ones).
 
         Args:
@@ -92,7 +92,11 @@ class SyntheticWorld:
             split: ``"train"`` and ``"eval"`` draw their start entities from disjoint subsets of the world, so
                 their questions are disjoint; ``"all"`` draws from every entity.
             hard_queries: name the start entity by its alias (see the module docstring).
+            paths: fixed relation chains to ask about, e.g. ``[("director", "birthplace")]`` (one drawn uniformly
+                per question; each chain's length is its number of hops, so ``hops`` is ignored). None: random
+                chains of ``hops`` relations.
         """
+        fixed = _check_paths(paths)
         hop_choices = [int(h) for h in ([hops] if np.isscalar(hops) else hops)]
         if not hop_choices or any(not 1 <= h <= MAX_HOPS for h in hop_choices):
             raise ValueError(f"hops must be in [1, {MAX_HOPS}] (or a non-empty list of such), got {hops!r}")
@@ -106,10 +110,16 @@ class SyntheticWorld:
         attempts = 0
         while len(items) < n and attempts < 20 * n + 100:
             attempts += 1
-            hop = hop_choices[rng.integers(len(hop_choices))]
-            kind = types[rng.integers(len(types))]
+            if fixed:
+                path = fixed[rng.integers(len(fixed))]
+                hop, kind = len(path), path[0].source
+            else:
+                hop = hop_choices[rng.integers(len(hop_choices))]
+                kind = types[rng.integers(len(types))]
+            if not len(starts[kind]):
+                raise ValueError(f"the {split!r} split of {self!r} has no {kind} entity to start a question from")
             start = int(starts[kind][rng.integers(len(starts[kind]))])
-            path = self._random_path(kind, hop, rng)
+            path = path if fixed else self._random_path(kind, hop, rng)
             key = (kind, start, tuple(r.name for r in path))
             if key in seen:
                 continue
@@ -232,6 +242,30 @@ def search_success(retriever, items: Sequence[QAItem], topk: int = 3) -> dict[st
     }
 
 
+def _check_paths(paths: Sequence[Sequence[str]] | None) -> list[list]:
+    """Validate ``paths`` (relation chains) and return them as lists of `Relation`; [] for None."""
+    if paths is None:
+        return []
+    if isinstance(paths, str) or not len(paths):
+        raise ValueError(f"paths must be a non-empty list of relation chains, e.g. [['director', 'birthplace']], "
+                         f"got {paths!r}")
+    chains = []
+    for chain in paths:
+        if isinstance(chain, str) or not 1 <= len(chain) <= MAX_HOPS:
+            raise ValueError(f"each path must be a list of 1-{MAX_HOPS} relation names, got {chain!r}")
+        unknown = [name for name in chain if name not in RELATIONS]
+        if unknown:
+            raise ValueError(f"path {list(chain)!r}: unknown relation(s) {unknown}; expected names from "
+                             f"{sorted(RELATIONS)}")
+        relations = [RELATIONS[name] for name in chain]
+        for before, after in zip(relations, relations[1:]):
+            if before.target != after.source:
+                raise ValueError(f"path {list(chain)!r}: {after.name!r} starts from a {after.source}, but "
+                                 f"{before.name!r} leads to {before.target or 'a plain value'}")
+        chains.append(relations)
+    return chains
+
+
 @lru_cache(maxsize=8)
 def get_world(num_docs: int = 2000, distractors: int = 2, seed: int = 0) -> SyntheticWorld:
     """The world for these arguments, built once per process (envs, vector sub-envs and splits share it)."""
@@ -259,6 +293,7 @@ def make_synth_env(
     split: str = "all",
     question_seed: int = 0,
     cache_dir: str | Path | None = None,
+    paths: Sequence[Sequence[str]] | None = None,
     **env_kwargs: Any,
 ):
     """Build a `SearchQAEnv` over a synthetic world (what ``gym.make("igpo/SynthMultiHop-v0", ...)`` calls).
@@ -273,6 +308,7 @@ def make_synth_env(
         split: ``"train"`` / ``"eval"`` (disjoint start entities) or ``"all"``.
         question_seed: seed of the question draw (vary it for more questions from the same world).
         cache_dir: where the BM25 index is cached on disk (None: ``$IGPO_CACHE_DIR`` or ``~/.cache/igpo/indexes``).
+        paths: fixed relation chains to ask about instead of random ones, e.g. ``[["director", "birthplace"]]``.
         **env_kwargs: passed to `SearchQAEnv` (``protocol``, ``topk``, ``max_turns``, ``format_penalty``, ...).
     """
     from igpo_envs.env import SearchQAEnv
@@ -281,6 +317,6 @@ def make_synth_env(
         hops = tuple(hops)
     world = get_world(int(num_docs), int(distractors), int(seed))
     questions = world.questions(int(num_questions), hops=hops, seed=int(question_seed), split=split,
-                                hard_queries=bool(hard_queries))
+                                hard_queries=bool(hard_queries), paths=paths)
     retriever = get_retriever(int(num_docs), int(distractors), int(seed), None if cache_dir is None else str(cache_dir))
     return SearchQAEnv(questions=questions, retriever=retriever, **env_kwargs)
