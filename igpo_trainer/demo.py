@@ -45,10 +45,12 @@ class DemoSettings:
     num_layers: int = 4
     vocab_size: int = 2048
     tokenizer_kind: str = "word"  # whole-word tokens: copying names is what the warm start must learn, fast
-    sft_examples: int = 4000
-    sft_epochs: float = 2.0
-    sft_lr: float = 4e-3
-    sft_batch_size: int = 32
+    # Measured here: batches of 8 for 3 epochs learn to copy names off passages (token accuracy 0.65 -> 0.92);
+    # batches of 32 for 2 epochs at 4e-3 stall at 0.67 with EM ~0.
+    sft_examples: int = 2000
+    sft_epochs: float = 3.0
+    sft_lr: float = 2e-3
+    sft_batch_size: int = 8
     steps: int = 20
     questions_per_step: int = 4
     num_generations: int = 8

@@ -67,15 +67,14 @@ def test_warmstart_renders_trajectories_like_rollouts():
     """A scripted trajectory's tokens equal what run_episodes builds for the same turns; loss only on policy turns."""
     import tempfile
 
-    from transformers import AutoTokenizer
-
     from igpo_envs.env import step_batch
+    from igpo_envs.hf_tokenizer import load_tokenizer
     from igpo_trainer.demo import QUICK, build_model, make_train_env
     from igpo_trainer.rollout import run_episodes
     from igpo_trainer.warmstart import render_trajectory, script_trajectory
 
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = AutoTokenizer.from_pretrained(build_model(tmp, QUICK, seed=0))
+        tokenizer = load_tokenizer(build_model(tmp, QUICK, seed=0))
     env = make_train_env(QUICK)
     prompt, turns, info = script_trajectory(env, 0, "oracle")
     assert info["em"] == 1.0 and info["gold_recall"] == 1.0
@@ -100,10 +99,12 @@ def test_warmstart_renders_trajectories_like_rollouts():
 
 def test_naive_read_plan_reads_consistently():
     """The naive plan answers what the retrieved passages state: right exactly when its query found the evidence."""
-    from igpo_trainer.demo import QUICK, make_train_env
+    from igpo_trainer.demo import ENV_ID, QUICK
+    from igpo_trainer.trainer import make_env_from_id
     from igpo_trainer.warmstart import script_trajectory
 
-    env = make_train_env(QUICK)
+    # Random relation chains: the naive query finds the evidence for some of them (never for the demo's own chain).
+    env = make_env_from_id(ENV_ID, **{**QUICK.env_kwargs("train"), "paths": None})
     outcomes = []
     for i in range(20):
         _, turns, info = script_trajectory(env, i, "naive_read")

@@ -34,3 +34,50 @@ def test_tokenizer_round_trips_protocol_text(tmp_path):
 def test_unknown_arch_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown arch"):
         build_tiny_model(tmp_path, TEXTS, arch="gpt9", vocab_size=300)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_word_tokenizer_survives_reload(tmp_path, arch):
+    """AutoTokenizer rebuilds a Qwen2 checkpoint's tokenizer as Qwen's BPE; load_tokenizer must keep the saved
+    word-level one, or every word outside the byte alphabet is silently dropped."""
+    from igpo_envs.hf_tokenizer import load_tokenizer
+
+    path = build_tiny_model(tmp_path / arch, TEXTS, arch=arch, vocab_size=400, hidden_size=32, num_layers=1,
+                            tokenizer_kind="word")
+    tokenizer = load_tokenizer(path)
+    ids = tokenizer("<search> Marlo Vesk </search>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["<search>", "Marlo", "Vesk", "</search>"]
+    assert tokenizer.decode(ids) == "<search> Marlo Vesk </search>"
+    assert tokenizer.unk_token_id not in tokenizer("Doc 1 (Title: Tavella) born", add_special_tokens=False)["input_ids"]
+    _, loaded = load_tiny(path)
+    assert loaded("Marlo Vesk")["input_ids"] == tokenizer("Marlo Vesk")["input_ids"]
+
+
+def test_word_tokenizer_policy_stops_at_closing_tags(tmp_path):
+    """Generation with a word-level vocabulary (HF's StopStringCriteria cannot read it) stops at the closing tag."""
+    from igpo_envs.hf_tokenizer import load_tokenizer
+    from igpo_trainer.rollout import STOP_STRINGS, HFTurnGenerator
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    path = build_tiny_model(tmp_path, TEXTS, vocab_size=400, hidden_size=32, num_layers=1, tokenizer_kind="word")
+    tokenizer, model = load_tokenizer(path), AutoModelForCausalLM.from_pretrained(path)
+    close = tokenizer.convert_tokens_to_ids("</search>")
+    # Teach the model one action, repeated, so that greedy decoding writes "</search>" and would go on after it.
+    text = tokenizer(" ".join(["<search> Marlo Vesk </search>"] * 6), return_tensors="pt")["input_ids"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(input_ids=text, labels=text).loss.backward()
+        optimizer.step()
+    config = GenerationConfig(do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    generate = HFTurnGenerator(model, tokenizer, config, STOP_STRINGS["tag"], [tokenizer.eos_token_id])
+    prompt = tokenizer("<search> Marlo Vesk </search> <search> Marlo", add_special_tokens=False)["input_ids"]
+    (ids, _), (ids2, _) = generate([prompt, prompt[:4]], 12)
+    assert tokenizer.decode(ids) == "Vesk </search>"
+    assert tokenizer.decode(ids2) == "<search> Marlo Vesk </search>"
+    assert ids[-1] == close == ids2[-1]
+
+
+def test_unknown_tokenizer_kind_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown tokenizer kind"):
+        build_tiny_model(tmp_path, TEXTS, vocab_size=300, tokenizer_kind="char")
