@@ -37,6 +37,10 @@ METHODS = {
     "igpo_separate": {"info_gain_norm": "separate"},
     "igpo_log_prob_diff": {"info_gain_type": "log_prob_diff"},
     "igpo_std_floor": {"adv_std_floor": 0.1},
+    # Sparse outcome: EM instead of F1 as the answer reward (a `DemoSettings` field, not an IGPOConfig one).
+    "grpo_em": {"use_information_gain": False, "reward_metric": "em"},
+    "igpo_em": {"reward_metric": "em"},
+    "igpo_em_std_floor": {"reward_metric": "em", "adv_std_floor": 0.1},
 }
 SECTION = "## Learning: IGPO vs GRPO"
 
@@ -73,7 +77,7 @@ def worker(args) -> None:
     torch.set_num_threads(1)
     overrides = dict(METHODS[args.method])
     use_ig = overrides.pop("use_information_gain", True)
-    settings = settings_for(args)
+    settings = replace(settings_for(args), reward_metric=overrides.pop("reward_metric", "f1"))
     run = train_rl(Path(args.start) / "sft", Path(args.run_dir) / "trainer", settings, seed=args.seed,
                    use_information_gain=use_ig, progress=False, **overrides)
     logs = run["logs"]
@@ -188,14 +192,20 @@ def _band(results, method, key=SCORE):
     return steps, values.mean(0), values.std(0), seconds.mean(0), len(runs)
 
 
+def reference_of(method: str) -> str:
+    """The GRPO run a method is compared with: the one trained on the same outcome reward."""
+    return "grpo_em" if METHODS.get(method, {}).get("reward_metric") == "em" else "grpo"
+
+
 def summarize(results, step0) -> list[dict]:
     methods = list(dict.fromkeys(r["method"] for r in results))
-    grpo_final = None
-    if "grpo" in methods:
-        _, mean, _, _, _ = _band(results, "grpo", SCORE)
-        grpo_final = float(mean[-1])
+    reference_finals = {}
+    for reference in {reference_of(m) for m in methods} & set(methods):
+        _, mean, _, _, _ = _band(results, reference, SCORE)
+        reference_finals[reference] = float(mean[-1])
     summary = []
     for method in methods:
+        grpo_final = reference_finals.get(reference_of(method))
         runs = [r for r in results if r["method"] == method]
         steps, em, em_std, _, n = _band(results, method, "em")
         _, f1, f1_std, _, _ = _band(results, method, "f1")
@@ -234,11 +244,11 @@ def summary_table(summary) -> str:
             return "-"
         return f"{100 * x:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
 
-    lines = [("| method | seeds | held-out EM, final | F1, final | best F1 | steps to GRPO's final F1 | zero-adv "
+    lines = [("| method | seeds | held-out EM, final | F1, final | best F1 | steps to GRPO's final F1 (same reward) | zero-adv "
               "groups (train) | searches/ep (eval) | gold recall (eval) | s/step | IG share of step | collapsed |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
-        reach = "reference" if s["method"] == "grpo" else s["steps_to_grpo_final"]
+        reach = "reference" if s["method"] == reference_of(s["method"]) else s["steps_to_grpo_final"]
         lines.append(
             f"| {s['method']} | {s['seeds']} | {pct(s['final_em'], s['final_em_std'])} | "
             f"{pct(s['final_f1'], s['final_f1_std'])} | {pct(s['best_f1'])} | "

@@ -15,6 +15,7 @@ Difficulty knobs:
   absent from the passage title; searching the alias alone finds the passage, while searching the whole question
   lets its other words (director, born, company...) pull in unrelated passages. The answer is still stated plainly
   in one sentence of the gold passage, so reading stays easy and searching is the hard part.
+- ``paths``: ask only these relation chains (e.g. ``[["director", "birthplace"]]``) instead of random ones.
 """
 
 from __future__ import annotations
