@@ -29,3 +29,14 @@ def load_tokenizer(path: str | Path, **kwargs):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast.from_pretrained(str(path), **kwargs)
+
+
+def stop_token_ids(tokenizer, stops) -> list[int] | None:
+    """The token ids of ``stops`` when every one is an added (atomic) token of ``tokenizer``, else None.
+
+    Such stops can end generation as extra EOS ids: exact, cheaper than HF's string matching, and independent of how
+    the vocabulary spells its tokens (HF's ``StopStringCriteria`` cannot read a word-level one). A stop that is an
+    ordinary vocabulary entry is not enough: the model may write it as several smaller tokens.
+    """
+    added = tokenizer.get_added_vocab()
+    return [added[s] for s in stops] if stops and all(s in added for s in stops) else None

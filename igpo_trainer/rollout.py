@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from igpo_envs.hf_tokenizer import stop_token_ids
 from igpo_envs.protocol import observation_text  # noqa: F401  (re-exported: the trainer's rendering)
 from igpo_trainer.advantages import turn_advantages
 
@@ -103,11 +104,7 @@ class HFTurnGenerator:
         self.stop_strings = list(stop_strings)
         self.eos_token_ids = set(eos_token_ids)
         self.pad_token_id = tokenizer.pad_token_id
-        # Closing tags that are single tokens stop generation as extra EOS ids: exact, cheaper than string matching,
-        # and independent of how the tokenizer spells its vocabulary (HF's StopStringCriteria cannot read a
-        # word-level one).
-        stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in self.stop_strings]
-        self.stop_token_ids = [ids[0] for ids in stop_ids] if all(len(ids) == 1 for ids in stop_ids) else None
+        self.stop_token_ids = stop_token_ids(tokenizer, self.stop_strings)  # atomic closing tags stop by id
 
     @torch.no_grad()
     def __call__(self, contexts, max_new_tokens):

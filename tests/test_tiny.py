@@ -81,3 +81,14 @@ def test_word_tokenizer_policy_stops_at_closing_tags(tmp_path):
 def test_unknown_tokenizer_kind_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         build_tiny_model(tmp_path, TEXTS, vocab_size=300, tokenizer_kind="char")
+
+
+def test_stop_token_ids_only_for_atomic_tags(tmp_path):
+    from igpo_envs.hf_tokenizer import stop_token_ids
+
+    _, tokenizer = load_tiny(build_tiny_model(tmp_path, TEXTS, vocab_size=400, hidden_size=32, num_layers=1))
+    tags = ["</search>", "</answer>"]
+    assert stop_token_ids(tokenizer, tags) == tokenizer.convert_tokens_to_ids(tags)
+    assert len(tokenizer("Marlo", add_special_tokens=False)["input_ids"]) == 1  # an ordinary one-token word ...
+    assert stop_token_ids(tokenizer, ["</search>", "Marlo"]) is None  # ... may be written in pieces: no id stop
+    assert stop_token_ids(tokenizer, []) is None

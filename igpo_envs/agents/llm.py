@@ -22,6 +22,7 @@ from typing import Any
 import requests
 
 from igpo_envs.agents.base import register_agent
+from igpo_envs.hf_tokenizer import load_tokenizer, stop_token_ids
 
 #: Closing tags that end a turn's action, in both protocols. OpenAI-style APIs accept at most four stop sequences.
 ACTION_STOPS = ("</search>", "</answer>", "</tool_call>", "</browse>")
@@ -97,8 +98,6 @@ class HFAgent:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from igpo_envs.hf_tokenizer import load_tokenizer
-
         if transcript not in TRANSCRIPTS:
             raise ValueError(f"transcript must be one of {TRANSCRIPTS}, got {transcript!r}")
         self.transcript = transcript
@@ -152,11 +151,11 @@ class HFAgent:
 
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
-        stop_ids = [self.tokenizer.encode(s, add_special_tokens=False) for s in self.stop]
-        if all(len(ids) == 1 for ids in stop_ids):  # closing tags are tokens: stop on their ids (works for any vocab)
+        stop_ids = stop_token_ids(self.tokenizer, self.stop)
+        if stop_ids is not None:  # closing tags are atomic tokens: stop on their ids (works for any vocabulary)
             eos = self.model.generation_config.eos_token_id
             eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-            stopping = {"eos_token_id": eos + [ids[0] for ids in stop_ids]}
+            stopping = {"eos_token_id": eos + stop_ids}
         else:
             stopping = {"stop_strings": list(self.stop), "tokenizer": self.tokenizer}
         with torch.no_grad():
