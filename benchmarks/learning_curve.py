@@ -1,6 +1,6 @@
 """Learning benchmark: IGPO vs GRPO (and IGPO ablations) from one SFT start, several seeds, same rollouts.
 
-    python benchmarks/learning_curve.py --seeds 0,1,2 --steps 40 --write BENCHMARKS.md
+    python benchmarks/learning_curve.py --seeds 0,1,2 --steps 30 --eval-every 3 --eval-episodes 64 --write BENCHMARKS.md
 
 The SFT start is built once (the `igpo-demo` pipeline: tiny model + `igpo_trainer.warmstart`) and every run starts
 from it. Each (method, seed) is a separate process with one torch thread (on this shared 2-core machine two threads
@@ -244,8 +244,8 @@ def summary_table(summary) -> str:
             return "-"
         return f"{100 * x:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
 
-    lines = [("| method | seeds | held-out EM, final | F1, final | best F1 | steps to GRPO's final F1 (same reward) | zero-adv "
-              "groups (train) | searches/ep (eval) | gold recall (eval) | s/step | IG share of step | collapsed |"),
+    lines = [("| method | seeds | held-out EM, final | F1, final | best F1 | steps to GRPO's final F1 (same reward) "
+              "| zero-adv groups (train) | searches/ep (eval) | gold recall (eval) | s/step | IG share of step | collapsed |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         reach = "reference" if s["method"] == reference_of(s["method"]) else s["steps_to_grpo_final"]
