@@ -125,7 +125,8 @@ def test_learning_curve_aggregates_seed_bands(tmp_path):
     lc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lc)
     results = []
-    for method, finals in (("grpo", [0.2, 0.3]), ("igpo", [0.4, 0.5])):
+    for method, finals in (("grpo", [0.2, 0.3]), ("igpo", [0.4, 0.5]), ("grpo_em", [0.6, 0.6]),
+                           ("igpo_em", [0.4, 0.5])):
         for seed, final in enumerate(finals):
             curve = [{"step": s, "seconds": s * 1.0, "em": final * s / 4, "f1": final, "searches": 2.0,
                       "gold_recall": 0.5, "format_error_rate": 0.0} for s in (2, 4)]
@@ -135,5 +136,11 @@ def test_learning_curve_aggregates_seed_bands(tmp_path):
     assert summary["grpo"]["final_em"] == pytest.approx(0.25)
     assert summary["grpo"]["final_em_std"] == pytest.approx(0.05)
     assert summary["igpo"]["steps_to_grpo_final"] == 2  # F1 (the benchmark score) 0.4 >= grpo final 0.25 at step 2
+    # Each IGPO variant is compared with the GRPO run of the same outcome reward: igpo_em (F1 0.45) never reaches
+    # grpo_em's 0.6, although it would reach plain grpo's 0.25 at step 2.
+    assert summary["igpo_em"]["steps_to_grpo_final"] == ""
+    assert lc.reference_of("igpo_em") == lc.reference_of("igpo_em_std_floor") == "grpo_em"
+    assert lc.reference_of("igpo_separate") == "grpo"
+    assert "| grpo_em | 2 |" in lc.summary_table(list(summary.values()))
     lc.plot(results, {"em": 0.0, "f1": 0.0}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
