@@ -18,7 +18,7 @@ from typing import Any
 
 MANIFEST_NAME = "igpo_index.json"
 MANIFEST_FORMAT = 1
-ENGINES = ("bm25s", "tantivy")
+ENGINES = ("bm25s", "tantivy", "dense")
 
 
 class IndexManifestError(ValueError):
@@ -42,6 +42,8 @@ class IndexManifest:
     corpus_sha256: str
     num_docs: int
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: Dense indexes only: the encoder that embedded the passages (name, dim, pooling, prefixes, weights_sha256, ...).
+    encoder: dict[str, Any] = field(default_factory=dict)
     corpus_path: str = ""
     created: str = ""
     igpo_version: str = ""
@@ -63,6 +65,19 @@ class IndexManifest:
                 f"({self.corpus_path or 'unknown path'}), but it is asked to serve corpus sha256 {corpus_sha256} "
                 f"({corpus_path or 'unknown path'}); rebuild it with `igpo-index build --corpus {corpus_path or 'PATH'} "
                 f"--engine {self.engine} --out DIR`"
+            )
+
+
+    def check_encoder(self, encoder: dict[str, Any], *, index_dir: str | Path = "") -> None:
+        """Raise :class:`IndexManifestError` naming every field in which ``encoder`` differs from the recorded one
+        (dense indexes: queries embedded by another encoder, pooling or prefix land in another vector space)."""
+        diff = {k: (self.encoder.get(k), v) for k, v in encoder.items() if k != "name" and self.encoder.get(k) != v}
+        if diff:
+            shown = "; ".join(f"{k}: index {old!r}, asked {new!r}" for k, (old, new) in sorted(diff.items()))
+            raise IndexManifestError(
+                f"index {str(index_dir) or '(unnamed)'} was embedded by encoder {self.encoder.get('name')!r}, which "
+                f"differs from encoder {encoder.get('name')!r} in {shown}; query with the index's encoder or rebuild "
+                f"it with `igpo-index build --engine dense --model ...`"
             )
 
 
