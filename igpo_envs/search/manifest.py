@@ -67,7 +67,6 @@ class IndexManifest:
                 f"--engine {self.engine} --out DIR`"
             )
 
-
     def check_encoder(self, encoder: dict[str, Any], *, index_dir: str | Path = "") -> None:
         """Raise :class:`IndexManifestError` naming every field in which ``encoder`` differs from the recorded one
         (dense indexes: queries embedded by another encoder, pooling or prefix land in another vector space)."""
