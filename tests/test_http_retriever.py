@@ -19,8 +19,9 @@ from local_http import LocalServer, Response
 
 from igpo_envs.search.base import Retriever, RetrieverError
 from igpo_envs.search.bm25 import BM25Retriever
+from igpo_envs.search.corpus import CorpusRows
 from igpo_envs.search.http import HTTPRetriever, parse_retrieve_response
-from igpo_envs.search.server import build_parser, main, serve
+from igpo_envs.search.server import Limits, build_parser, main, serve
 from igpo_envs.types import Passage
 
 SAMPLE = Path(str(resources.files("igpo_envs") / "data" / "wiki18_sample.jsonl"))
@@ -33,8 +34,13 @@ def bm25(tmp_path_factory) -> BM25Retriever:
 
 
 @pytest.fixture(scope="module")
-def server(bm25):
-    srv = serve(bm25, "127.0.0.1", 0)
+def rows() -> CorpusRows:
+    return CorpusRows(SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def server(bm25, rows):
+    srv = serve(bm25, "127.0.0.1", 0, rows=rows)
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -67,7 +73,8 @@ def test_client_matches_the_local_retriever(server, bm25):
 def test_content_hash_comes_from_health(server, bm25):
     health = requests.get(server.url.replace("/retrieve", "/health"), timeout=5).json()
     assert health == {"status": "ok", "content_hash": bm25.content_hash, "num_passages": 1000,
-                      "retriever": "BM25Retriever"}
+                      "retriever": "BM25Retriever", "limits": {"max_topk": 1000, "max_queries": 10_000,
+                                                               "max_results": 20_000, "max_body_bytes": 16 << 20}}
     assert HTTPRetriever(server.url).content_hash == bm25.content_hash
 
 
@@ -84,32 +91,93 @@ def test_server_speaks_search_r1_shapes(server):
     assert parse_retrieve_response(bare, 1)[0][0].score == 0.0
 
 
+def test_documents_are_the_corpus_rows_as_stored(server):
+    """Rows whose title line has no quotes (121 of the sample's 1,000) came back with quotes added; now verbatim."""
+    stored = {row["id"]: row for row in map(json.loads, SAMPLE.read_text().splitlines())}
+    unquoted = stored["29"]["contents"]
+    assert unquoted.startswith("Absalon\n")  # the sample's own row, no quotes around the title
+    for return_scores in (True, False):
+        result = requests.post(server.url, json={"queries": ["Absalon Valdemar Garz", *QUERIES], "topk": 10,
+                                                 "return_scores": return_scores}, timeout=5).json()["result"]
+        docs = [hit["document"] if return_scores else hit for hits in result for hit in hits]
+        assert docs and all(doc == stored[doc["id"]] for doc in docs)
+        assert any(doc["id"] == "29" for doc in docs)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected_topk", "expected_scores"),
+    [  # Search-R1's request model (pydantic, lax): what it accepts, we accept alike
+        ({"queries": ["Evan Morris"]}, 3, False),
+        ({"queries": ["Evan Morris"], "topk": None, "return_scores": True}, 3, True),
+        ({"queries": ["Evan Morris"], "topk": 0}, 3, False),  # `if not request.topk`: the default
+        ({"queries": ["Evan Morris"], "topk": "2"}, 2, False),
+        ({"queries": ["Evan Morris"], "topk": 2.0}, 2, False),
+        ({"queries": ["Evan Morris"], "topk": True}, 1, False),
+        ({"queries": ["Evan Morris"], "return_scores": "yes"}, 3, True),
+        ({"queries": ["Evan Morris"], "return_scores": 1, "extra": {"ignored": True}}, 3, True),
+    ],
+)
+def test_lenient_like_search_r1(server, body, expected_topk, expected_scores):
+    response = requests.post(server.url, json=body, timeout=5)
+    assert response.status_code == 200, response.text
+    hits = response.json()["result"][0]
+    assert len(hits) == expected_topk and ("score" in hits[0]) == expected_scores
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
         (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "must be a JSON object"),
-        (b'{"topk": 3}', "'queries' must be a list of strings"),
-        (b'{"queries": ["a", 3]}', "'queries' must be a list of strings"),
-        (b'{"queries": ["a"], "topk": 0}', "'topk' must be an integer"),
-        (b'{"queries": ["a"], "topk": "3"}', "'topk' must be an integer"),
-        (b'{"queries": ["a"], "return_scores": "yes"}', "'return_scores' must be a boolean"),
+        (b"[1, 2]", "valid dictionary"),
+        (b'{"topk": 3}', "queries"),
+        (b'{"queries": ["a", 3]}', "valid string"),
+        (b'{"queries": "a"}', "valid list"),
+        (b'{"queries": ["a"], "topk": 2.5}', "fractional part"),
+        (b'{"queries": ["a"], "topk": -1}', "outside [1, 1000]"),
+        (b'{"queries": ["a"], "topk": 1001}', "max_topk=1000"),
+        (b'{"queries": ["a"], "return_scores": "maybe"}', "valid boolean"),
+        (b'{"queries": ["a"], "topk": ' + b"9" * 5000 + b"}", "not valid JSON"),  # beyond int digit limits
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),  # nesting beyond the recursion limit
+        (b"\xff\xfe{", "not valid JSON"),
     ],
 )
-def test_bad_requests_get_400(server, body, needle):
+def test_malformed_requests_get_422(server, body, needle):
     response = requests.post(server.url, data=body, headers={"Content-Type": "application/json"}, timeout=5)
-    assert response.status_code == 400
-    assert needle in response.json()["error"]
+    assert response.status_code == 422
+    assert needle in json.dumps(response.json()["detail"])
 
 
-def test_unknown_paths_get_404_and_keep_alive_stays_in_sync(server):
-    with requests.Session() as session:  # one keep-alive connection: an unread body must not leak into the next
-        wrong = session.post(server.url.replace("/retrieve", "/search"), json={"queries": ["x" * 1000]}, timeout=5)
-        assert wrong.status_code == 404 and "/retrieve" in wrong.json()["error"]
-        assert session.post(server.url, json={"queries": ["Evan Morris"]}, timeout=5).status_code == 200
-        assert session.post(server.url, data=b"{bad", timeout=5).status_code == 400
-        assert session.post(server.url, json={"queries": ["Roche"]}, timeout=5).status_code == 200
-    assert requests.get(server.url.replace("/retrieve", "/nope"), timeout=5).status_code == 404
+def test_request_size_is_capped_with_the_limit_named(bm25):
+    with serve(bm25, limits=Limits(max_queries=8, max_results=20, max_body_bytes=4096)) as srv:
+        ok = requests.post(srv.url, json={"queries": ["Evan Morris"] * 4, "topk": 5}, timeout=5)
+        assert ok.status_code == 200 and sum(map(len, ok.json()["result"])) == 20
+        too_many = requests.post(srv.url, json={"queries": ["a"] * 9, "topk": 1}, timeout=5)
+        assert too_many.status_code == 422 and "max_queries=8" in too_many.json()["detail"]
+        product = requests.post(srv.url, json={"queries": ["a"] * 5, "topk": 5}, timeout=5)
+        assert product.status_code == 422 and "max_results=20" in product.json()["detail"]
+        big = requests.post(srv.url, json={"queries": ["x" * 5000]}, timeout=5)
+        assert big.status_code == 413 and "max_body_bytes=4096" in big.json()["detail"]
+        chunked = requests.post(srv.url, data=(b" " * 1000 for _ in range(8)), timeout=5)  # no Content-Length
+        assert chunked.status_code == 413 and "max_body_bytes=4096" in chunked.json()["detail"]
+        assert requests.post(srv.url, json={"queries": ["Roche"]}, timeout=5).status_code == 200
+
+
+def test_broken_http_gets_an_http_answer(server):
+    """Bodies the old server answered by closing the connection (e.g. a non-ASCII digit as Content-Length)."""
+    for head in (b"Content-Length: \xc2\xb2\r\n", b"Content-Length: 99999999999999999999999\r\n",
+                 b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"):
+        with socket.create_connection(server.server_address, timeout=5) as conn:
+            conn.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+            assert conn.recv(100).startswith((b"HTTP/1.1 400", b"HTTP/1.1 413"))
+
+
+def test_idle_connections_do_not_block_requests(server):
+    idle = [socket.create_connection(server.server_address, timeout=5) for _ in range(200)]
+    try:  # the threaded server held one thread per idle connection; uvicorn holds none
+        assert requests.post(server.url, json={"queries": ["Roche"]}, timeout=5).status_code == 200
+    finally:
+        for conn in idle:
+            conn.close()
 
 
 def test_failing_retriever_gives_500_and_client_error(tmp_path):
@@ -122,7 +190,7 @@ def test_failing_retriever_gives_500_and_client_error(tmp_path):
     srv = serve(Broken(), "127.0.0.1", 0)
     try:
         response = requests.post(srv.url, json={"queries": ["x"]}, timeout=5)
-        assert response.status_code == 500 and "index is corrupt" in response.json()["error"]
+        assert response.status_code == 500 and "index is corrupt" in response.json()["detail"]
         with pytest.raises(RetrieverError, match=r"failed after 2 attempt\(s\).*HTTP 500.*index is corrupt"):
             HTTPRetriever(srv.url, max_retries=1, backoff=0.01).search(["x"], 3)
     finally:
@@ -225,6 +293,12 @@ def test_client_argument_checks():
 
 
 # -- the igpo-retriever command ---------------------------------------------------------------------------------------
+
+
+def test_server_imports_without_ray_and_ray_serve_has_no_import_cycle():
+    code = ("import sys, igpo_envs.search.server as s; assert 'ray' not in sys.modules; "
+            "import igpo_envs.search.ray_serve as r; assert r.create_app is s.create_app")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_parser_defaults_bind_localhost():

@@ -3,6 +3,7 @@ answers Search-R1's ``POST /retrieve`` on 127.0.0.1. One cluster for the whole m
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -121,11 +122,17 @@ def test_ray_serve_answers_search_r1_requests(cluster, index_dir):
         assert [[d["document"]["id"] for d in hits] for hits in result] == [[p.id for p in e] for e in expected]
         assert result[0][0]["document"]["contents"].startswith('"Evan Morris"\nEvan Morris')
         assert result[0][0]["score"] == pytest.approx(expected[0][0].score, rel=1e-6)
-        # Without return_scores: bare {"id", "contents"} documents, Search-R1's default shape.
-        bare = requests.post(url, json={"queries": ["Evan Morris"], "topk": 1}, timeout=30).json()["result"]
-        assert bare == [[{"id": "0", "contents": expected[0][0].contents}]]
+        # Without return_scores: bare documents, Search-R1's default shape: the corpus rows as stored.
+        bare = requests.post(url, json={"queries": ["Absalon Valdemar"], "topk": 1}, timeout=30).json()["result"]
+        stored = {row["id"]: row for row in map(json.loads, SAMPLE.read_text().splitlines())}
+        assert bare[0][0] == stored[bare[0][0]["id"]] and bare[0][0]["contents"].startswith("Absalon\n")
+        # The same app as the local server: the same 422s and limits.
         bad = requests.post(url, json={"queries": "Evan Morris"}, timeout=30)
-        assert bad.status_code == 400 and "'queries' must be a list of strings" in bad.json()["error"]
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["queries"]
+        too_big = requests.post(url, json={"queries": ["a"] * 30, "topk": 1000}, timeout=30)
+        assert too_big.status_code == 422 and "max_results=20000" in too_big.json()["detail"]
+        health = requests.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
+        assert health["retriever"] == "ray-serve:TantivyRetriever" and health["num_passages"] == 1000
         # Two replicas really serve (Ray Serve spreads requests over them).
         status = serve.status().applications["igpo-retriever"].deployments["RetrieverDeployment"]
         assert status.replica_states.get("RUNNING") == 2

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from igpo_envs.types import Passage
 
 __all__ = [
+    "CorpusRows",
     "file_content_hash",
     "iter_passages",
     "load_passages",
@@ -119,3 +120,76 @@ def passages_content_hash(passages: Iterable[Passage]) -> str:
     for p in passages:
         h.update(f"{len(p.id)}:{p.id}{len(p.title)}:{p.title}{len(p.text)}:{p.text}".encode("utf-8", "surrogatepass"))
     return h.hexdigest()
+
+
+def _id_key(pid: Any) -> int:
+    """A 64-bit key of a corpus id (``"7"`` and ``7`` are the same passage, as :class:`Passage` ids are strings)."""
+    return int.from_bytes(hashlib.blake2b(str(pid).encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+class CorpusRows:
+    """The rows of a wiki-18 jsonl corpus exactly as stored, looked up by passage id.
+
+    A retrieval server answers with these (as Search-R1's does), not with ``contents`` rebuilt from a parsed title and
+    text: a title line without quotes, an untitled passage or extra fields come back as they are in the file.
+
+    One pass over the file records, per row, a 64-bit hash of its id and where the line starts; lookups binary-search
+    the hashes and re-read the line (~20 bytes of memory per row; a ``.gz`` corpus, which cannot be read at an
+    offset, is kept decompressed in memory). With duplicate ids the first row wins.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import numpy as np
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"corpus file not found: {self.path}")
+        self._data: bytes | None = None
+        keys, starts, ends = [], [], []
+        with _open_binary(self.path) as f:
+            data = f.read() if self.path.suffix == ".gz" else None
+            lines = iter(data.splitlines(keepends=True)) if data is not None else f
+            offset = 0
+            for lineno, raw in enumerate(lines, start=1):
+                start, offset = offset, offset + len(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise ValueError(f"{self.path}:{lineno}: invalid JSON ({exc})") from exc
+                passage_from_record(record, f"{self.path}:{lineno}")  # the same checks as indexing
+                keys.append(_id_key(record["id"]))
+                starts.append(start)
+                ends.append(offset)
+        self._data = data
+        self._fd = os.open(self.path, os.O_RDONLY) if data is None else None  # pread: safe from many threads
+        order = np.argsort(np.asarray(keys, dtype=np.uint64), kind="stable")  # stable: the first duplicate wins
+        self._keys = np.asarray(keys, dtype=np.uint64)[order]
+        self._starts = np.asarray(starts, dtype=np.int64)[order]
+        self._ends = np.asarray(ends, dtype=np.int64)[order]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _line(self, start: int, end: int) -> bytes:
+        if self._data is not None:
+            return self._data[start:end]
+        return os.pread(self._fd, end - start, start)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def get(self, pid: str) -> dict[str, Any] | None:
+        """The stored row of passage ``pid`` (a fresh dict), or None if the corpus has no such id."""
+        import numpy as np
+
+        key = np.uint64(_id_key(pid))
+        i = int(np.searchsorted(self._keys, key))
+        while i < len(self._keys) and self._keys[i] == key:  # equal hashes: compare the real ids
+            row = json.loads(self._line(int(self._starts[i]), int(self._ends[i])))
+            if str(row["id"]) == str(pid):
+                return row
+            i += 1
+        return None

@@ -3,10 +3,10 @@
 Existing Search-R1 / FlashRAG clients keep working and scale out: Ray Serve's HTTP proxy spreads requests over the
 replicas, each of which memory-maps the same index directory (``igpo-index build`` output).
 
-    igpo-retriever --ray --replicas 4 --index indexes/wiki18-tantivy --host 127.0.0.1 --port 8000
+    igpo-retriever --ray --replicas 4 --index indexes/wiki18-tantivy --corpus wiki-18.jsonl --port 8000
 
-Request ``{"queries": [...], "topk": 3, "return_scores": true}`` -> ``{"result": [[{"document": {"id", "contents"},
-"score"}, ...], ...]}`` (without ``return_scores``: ``{"result": [[{"id", "contents"}, ...], ...]}``).
+Every replica's ingress is the FastAPI app of the local server (:func:`igpo_envs.search.server.create_app`), so the
+two answer every request, good or bad, alike. This module imports Ray Serve; the server imports it only for ``--ray``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,34 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+try:
+    from ray import serve
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError('Ray Serve is needed: pip install "igpo[scale]" (ray[default,serve])') from exc
+
+from igpo_envs.search.server import Limits, create_app
+
 DEFAULT_TOPK = 3
 APP_NAME = "igpo-retriever"
 
 
-def _serve():
-    try:
-        from ray import serve
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError('Ray Serve is needed: pip install "igpo[scale]" (ray[default,serve])') from exc
-    return serve
+@serve.deployment
+@serve.ingress()  # the app is built per replica, around the retriever it opened (__serve_build_asgi_app__)
+class RetrieverDeployment:
+    """One replica: memory-maps the index directory and answers Search-R1 requests like ``igpo-retriever``."""
+
+    def __init__(self, index_dir: str, default_topk: int, corpus: str | None = None,
+                 limits: Limits = Limits()) -> None:
+        from igpo_envs.search.corpus import CorpusRows
+        from igpo_envs.search.index_cli import open_index
+
+        self.retriever = open_index(index_dir)
+        self.rows = CorpusRows(corpus) if corpus is not None else None
+        self.default_topk, self.limits = default_topk, limits
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.retriever, default_topk=self.default_topk, limits=self.limits, rows=self.rows,
+                          name=f"ray-serve:{type(self.retriever).__name__}")
 
 
 def build_app(
@@ -33,14 +51,14 @@ def build_app(
     num_cpus_per_replica: float = 1,
     corpus: str | Path | None = None,
     default_topk: int = DEFAULT_TOPK,
+    limits: Limits = Limits(),
 ):
     """The Serve application (``Deployment.bind()``) answering ``POST /retrieve`` from ``replicas`` replicas.
 
-    Requests are validated and answered exactly as :mod:`igpo_envs.search.server` does (same parser, same response
-    builder, same 400 ``{"error": ...}`` bodies), so clients cannot tell the two servers apart.
+    With ``corpus``, the index must have been built from it and documents are its rows as stored; without, they are
+    ``{"id", "contents"}`` rebuilt from the index.
     """
     from igpo_envs.search.index_cli import open_index
-    from igpo_envs.search.ray_serve_app import RetrieverDeployment
 
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
@@ -48,7 +66,8 @@ def build_app(
     open_index(index_dir, corpus=corpus)
     deployment = RetrieverDeployment.options(num_replicas=replicas,
                                              ray_actor_options={"num_cpus": num_cpus_per_replica})
-    return deployment.bind(str(Path(index_dir).resolve()), default_topk)
+    return deployment.bind(str(Path(index_dir).resolve()), default_topk,
+                           str(Path(corpus).resolve()) if corpus is not None else None, limits)
 
 
 def serve_retriever(
@@ -60,18 +79,18 @@ def serve_retriever(
     num_cpus_per_replica: float = 1,
     corpus: str | Path | None = None,
     default_topk: int = DEFAULT_TOPK,
+    limits: Limits = Limits(),
     address: str | None = None,
     blocking: bool = False,
 ):
     """Start Ray (if needed) and Serve on ``host:port`` and deploy the ``/retrieve`` app; returns its handle."""
     import ray
 
-    serve = _serve()
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     app = build_app(index_dir, replicas=replicas, num_cpus_per_replica=num_cpus_per_replica, corpus=corpus,
-                    default_topk=default_topk)
+                    default_topk=default_topk, limits=limits)
     handle = serve.run(app, name=APP_NAME, route_prefix="/")
     if blocking:
         print(f"igpo-retriever (Ray Serve, {replicas} replicas) on http://{host}:{port}/retrieve", flush=True)
@@ -83,30 +102,18 @@ def serve_retriever(
     return handle
 
 
-def add_scale_arguments(parser) -> None:
-    """Add ``--index``, ``--ray``, ``--replicas`` (and Ray options) to the ``igpo-retriever`` parser."""
-    group = parser.add_argument_group("prebuilt indexes and Ray Serve (pip install 'igpo[scale]')")
-    group.add_argument("--index", default=None,
-                       help="serve a prebuilt `igpo-index build` directory (checked against --corpus) instead of "
-                            "building a bm25s index from --corpus")
-    group.add_argument("--ray", action="store_true",
-                       help="serve /retrieve with Ray Serve (needs --index); replicas share the memory-mapped index")
-    group.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray; default 1)")
-    group.add_argument("--ray-address", default=None,
-                       help="join an existing Ray cluster (e.g. 'auto'); default: start a local one")
-    group.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray CPUs reserved per replica")
-
-
 def run_ray(args) -> int:
     """``igpo-retriever --ray``: serve ``--index`` on Ray Serve until interrupted."""
     if not args.index:
         raise SystemExit("igpo-retriever: error: --ray needs --index DIR (build one with `igpo-index build`)")
     if args.replicas < 1:
         raise SystemExit(f"igpo-retriever: error: --replicas must be >= 1, got {args.replicas}")
+    from igpo_envs.search.server import limits_from_args
+
     try:
         serve_retriever(args.index, replicas=args.replicas, host=args.host, port=args.port, corpus=args.corpus,
                         num_cpus_per_replica=args.cpus_per_replica, default_topk=args.topk,
-                        address=args.ray_address, blocking=True)
+                        limits=limits_from_args(args), address=args.ray_address, blocking=True)
     except (OSError, ValueError) as exc:  # missing index, manifest/corpus mismatch
         raise SystemExit(f"igpo-retriever: error: {exc}") from None
     return 0
