@@ -210,7 +210,7 @@ def test_down_server_retries_then_raises_clear_error():
     elapsed = time.monotonic() - start
     message = str(err.value)
     assert url in message and "3 attempt(s)" in message and "ConnectionError" in message
-    assert elapsed >= 0.05 + 0.1  # it waited between attempts (backoff 0.05, then 0.1)
+    assert elapsed >= 0.1  # it waited between attempts (urllib3's schedule: none, then 2 x backoff)
     # the hash of an unreachable server: the URL's, not kept; reading it (as isinstance does) is quick, never raises
     start = time.monotonic()
     assert isinstance(client, Retriever)
@@ -237,7 +237,7 @@ def test_4xx_is_not_retried():
     with LocalServer({"/retrieve": lambda r: json_response({"detail": "bad topk"}, 422)}) as srv:
         with pytest.raises(RetrieverError, match=r"HTTP 422.*bad topk"):
             HTTPRetriever(srv.url("/retrieve"), max_retries=3, backoff=0.01).search(["q"], 2)
-        assert len(srv.requests) == 1
+        assert [r.method for r in srv.requests] == ["GET", "POST"]  # /health (for limits), one POST
 
 
 @pytest.mark.parametrize(
@@ -246,16 +246,82 @@ def test_4xx_is_not_retried():
         ({"results": []}, "no 'result' field"),
         ({"result": []}, r"one list per query \(1\), got 0 lists"),
         ({"result": [{"id": "1"}]}, r"result\[0\] must be a list"),
-        ({"result": [[{"document": {"contents": "x"}, "score": 1}]]},
+        ({"result": [[{"document": {"title": "x"}, "score": 1}]]},
          r"result\[0\]\[0\]\.document: missing field 'id'"),
+        ({"result": [[{"document": {"id": "1", "contents": "x"}, "score": 1}]], "deep": [[[[[[[[[[]]]]]]]]]]},
+         None),
         ({"result": [[{"document": {"id": "1", "contents": "x"}, "score": "high"}]]}, "'score' must be a number"),
         ({"result": [["just a string"]]}, r"result\[0\]\[0\]: expected a JSON object"),
     ],
 )
 def test_malformed_responses_raise(payload, needle):
+    if needle is None:  # parseable: a sanity row for the table
+        return
     with LocalServer({"/retrieve": lambda r: json_response(payload)}) as srv:
         with pytest.raises(RetrieverError, match="malformed response: .*" + needle):
             HTTPRetriever(srv.url("/retrieve"), max_retries=0).search(["q"], 1)
+
+
+def test_deeply_nested_response_is_a_retriever_error():
+    nested = "[" * 100_000 + "]" * 100_000  # json raised a bare RecursionError out of search()
+    with LocalServer({"/retrieve": lambda r: Response(200, '{"result": ' + nested + "}")}) as srv:
+        with pytest.raises(RetrieverError, match="invalid JSON.*RecursionError"):
+            HTTPRetriever(srv.url("/retrieve"), max_retries=0).search(["q"], 1)
+
+
+def test_timeout_is_an_overall_deadline_against_a_dripping_server():
+    """Per-read timeouts let a server sending one byte at a time hold the caller 55 s with timeout=2."""
+    body = json.dumps({"result": [[{"id": "1", "contents": "x"}]]})
+    drip = lambda r: Response(200, [c.encode() for c in body], {"Content-Type": "application/json"}, 0.1)  # noqa: E731
+    with LocalServer({"/retrieve": drip}) as srv:  # ~4 s to send it all
+        client = HTTPRetriever(srv.url("/retrieve"), timeout=1.0, max_retries=2, backoff=0.01)
+        start = time.monotonic()
+        with pytest.raises(RetrieverError, match=r"DeadlineExceeded.*within the 1.0 s deadline"):
+            client.search(["q"], 1)
+        assert time.monotonic() - start < 1.8
+        # and a prompt answer right after still works (the dropped connection is not reused)
+        srv.routes["/retrieve"] = lambda r: json_response({"result": [[{"id": "1", "contents": "x"}]]})
+        assert client.search(["q"], 1) == [[Passage("1", "", "x")]]
+
+
+def test_one_retrying_session_for_every_http_client():
+    from igpo_envs.agents.llm import OpenAIChatAgent
+    from igpo_envs.search.sessions import DeadlineSession
+    from igpo_envs.search.web_search import SearXNGRetriever
+
+    sessions = [HTTPRetriever("http://127.0.0.1:9/retrieve")._session,
+                SearXNGRetriever("http://127.0.0.1:9", cache=False).session,
+                OpenAIChatAgent("m", "http://127.0.0.1:9/v1").session]
+    for session in sessions:
+        assert isinstance(session, DeadlineSession)
+        assert type(session.get_adapter("http://x").max_retries).__name__ == "_DeadlineRetry"
+
+
+def test_topk_above_the_server_limit_fails_at_construction(bm25):
+    with serve(bm25, limits=Limits(max_topk=5)) as srv:
+        with pytest.raises(ValueError, match="topk=6 exceeds the retriever server's limit max_topk=5"):
+            HTTPRetriever(srv.url, topk=6)
+        client = HTTPRetriever(srv.url, topk=5)
+        with pytest.raises(ValueError, match="max_topk=5"):
+            client.search(["Evan Morris"], 6)  # refused before any request
+    with pytest.raises(ValueError, match="topk"):
+        HTTPRetriever("http://127.0.0.1:9/retrieve", topk=0)
+    HTTPRetriever(f"http://127.0.0.1:{closed_port()}/retrieve", topk=10_000)  # no server, no limit known: no check
+
+
+def test_big_batches_are_split_to_the_server_limits(bm25):
+    queries = [f"{q} {i}" for i in range(7) for q in QUERIES]  # 28 queries x topk 3 = 84 results
+    with serve(bm25, limits=Limits(max_queries=10, max_results=30)) as srv:
+        assert HTTPRetriever(srv.url).search(queries, 3) == bm25.search(queries, 3)
+
+
+def test_search_r1_raw_document_shape_without_ids():
+    """Search-R1's BM25 server over an index storing raw documents answers {title, text, contents}, no id."""
+    doc = {"title": "Ada Lindqvist", "text": "An astronomer.", "contents": '"Ada Lindqvist"\nAn astronomer.'}
+    with LocalServer({"/retrieve": lambda r: json_response({"result": [[{"document": doc, "score": 2.5}]]})}) as srv:
+        [[hit]] = HTTPRetriever(srv.url("/retrieve")).search(["ada"], 1)
+    assert (hit.title, hit.text, hit.score) == ("Ada Lindqvist", "An astronomer.", 2.5)
+    assert hit.id.startswith("sha256:") and parse_retrieve_response({"result": [[doc]]}, 1)[0][0].id == hit.id
 
 
 def test_non_json_response_raises():

@@ -3,7 +3,8 @@
 Results become `Passage(id=url, title, text=snippet)`, so the env shows them exactly like local passages
 (``Doc i (Title: t) snippet``). Answers are cached on disk (sqlite) for ``cache_ttl`` seconds, 7 days by default like
 the official IGPO code, under ``$IGPO_CACHE_DIR`` or ``~/.cache/igpo/web``. Rate limits (429) and server errors
-(5xx) are retried a bounded number of times with exponential backoff, honouring ``Retry-After`` (urllib3's `Retry`).
+(5xx) are retried a bounded number of times with exponential backoff, honouring ``Retry-After``, and ``timeout`` is
+an overall deadline per query: the project's one retrying session, :func:`igpo_envs.search.sessions.retrying_session`.
 A batch of queries is answered concurrently by a small thread pool.
 """
 
@@ -21,48 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util import Retry
 
 from igpo_envs.search.base import RetrieverError
+from igpo_envs.search.sessions import RETRY_STATUSES, retrying_session  # noqa: F401 - re-exported for agents
 from igpo_envs.types import Passage
 
 DEFAULT_CACHE_TTL = 7 * 24 * 3600
-RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
 def default_cache_dir() -> Path:
     """``$IGPO_CACHE_DIR/web`` if set, else ``~/.cache/igpo/web``."""
     root = os.environ.get("IGPO_CACHE_DIR")
     return Path(root) / "web" if root else Path.home() / ".cache" / "igpo" / "web"
-
-
-def retrying_session(max_retries: int, backoff: float, max_wait: float, methods=("GET", "POST")) -> requests.Session:
-    """A `requests.Session` that retries 429/5xx and connection errors ``max_retries`` times with exponential backoff.
-
-    ``Retry-After`` (seconds or an HTTP date) is honoured on 429/503, capped at ``max_wait`` seconds.
-    """
-    retry_kwargs: dict[str, Any] = {}
-    if "retry_after_max" in Retry.__init__.__code__.co_varnames:  # urllib3 >= 2.6
-        retry_kwargs["retry_after_max"] = max_wait
-    retry = Retry(
-        total=max_retries,
-        connect=max_retries,
-        read=max_retries,
-        status=max_retries,
-        backoff_factor=backoff,
-        backoff_max=max_wait,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=frozenset(methods),
-        respect_retry_after_header=True,
-        raise_on_status=False,  # the last response comes back so its status and body can be reported
-        **retry_kwargs,
-    )
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 class WebCache:
