@@ -1,8 +1,9 @@
 """A Ray pool of searcher actors over one prebuilt on-disk index: retrieval for many rollout workers.
 
-Each actor opens the same index directory (``igpo-index build`` output). Both engines memory-map their index
-files (tantivy segments; bm25s's score matrix with ``mmap=True``), so the actors of one node share page-cache pages
-instead of each holding a copy. On a multi-node cluster the directory must exist at the same path on every node
+Each actor opens the same index directory (``igpo-index build`` output). Every engine memory-maps its index
+files (tantivy segments; bm25s's score matrix with ``mmap=True``; a dense index's FAISS vectors and passages), so
+the actors of one node share page-cache pages instead of each holding a copy. A dense actor also loads its own copy
+of the query encoder (~90 MB for MiniLM, ~440 MB for e5-base-v2) and, with one CPU, encodes with one thread. On a multi-node cluster the directory must exist at the same path on every node
 (shared filesystem or a copy per node).
 
 The client splits a batch of queries into chunks and spreads them over the actors. If an actor dies (killed, OOM,
@@ -53,10 +54,10 @@ def _ray():
 class SearcherActor:
     """One searcher process: opens the on-disk index once, then answers chunks of queries."""
 
-    def __init__(self, index_dir: str, num_threads: int = 1) -> None:
+    def __init__(self, index_dir: str, num_threads: int = 1, open_options: dict[str, Any] | None = None) -> None:
         from igpo_envs.search.index_cli import open_index
 
-        self.retriever = open_index(index_dir, num_threads=num_threads)
+        self.retriever = open_index(index_dir, num_threads=num_threads, **(open_options or {}))
 
     def ready(self) -> int:
         return os.getpid()
@@ -97,7 +98,7 @@ class PoolStats:
 
 
 class RayRetrieverPool:
-    """Batched BM25 search spread over ``num_actors`` Ray actors (implements the ``Retriever`` protocol).
+    """Batched search spread over ``num_actors`` Ray actors (implements the ``Retriever`` protocol).
 
     Args:
         index_dir: an ``igpo-index build`` output directory, readable at this path on every node.
@@ -109,6 +110,10 @@ class RayRetrieverPool:
         num_cpus_per_actor: Ray CPUs reserved per actor.
         actor_options: extra ``ActorClass.options(...)`` (e.g. ``{"scheduling_strategy": "SPREAD"}``, resources).
         address: passed to ``ray.init`` when Ray is not initialised yet (``None`` = local cluster, ``"auto"`` = join).
+        open_options: passed to :func:`~igpo_envs.search.index_cli.open_index` in each actor (a dense index's
+            ``model=``, ``ef_search=``, ``device=``, ...).
+        num_threads: search threads per actor (for a dense index: FAISS's and torch's threads); match it to
+            ``num_cpus_per_actor``.
     """
 
     def __init__(
@@ -123,6 +128,8 @@ class RayRetrieverPool:
         num_cpus_per_actor: float = 1,
         actor_options: dict[str, Any] | None = None,
         address: str | None = None,
+        open_options: dict[str, Any] | None = None,
+        num_threads: int = 1,
     ) -> None:
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
@@ -146,9 +153,10 @@ class RayRetrieverPool:
         options = {"num_cpus": num_cpus_per_actor, "max_restarts": 0}
         options.update(actor_options or {})
         self._actor_class = ray.remote(SearcherActor).options(**options)
+        self._actor_args = (self.index_dir, num_threads, dict(open_options or {}))
         self._lock = threading.Lock()
         self.stats = PoolStats()
-        self.actors = [self._actor_class.remote(self.index_dir) for _ in range(num_actors)]
+        self.actors = [self._actor_class.remote(*self._actor_args) for _ in range(num_actors)]
         # Surface an index that cannot be opened now, not at the first search.
         self.pids = ray.get([a.ready.remote() for a in self.actors], timeout=timeout_s)
 
@@ -219,7 +227,7 @@ class RayRetrieverPool:
                 ray.kill(dead, no_restart=True)
             except Exception:  # already gone
                 pass
-            self.actors[slot] = self._actor_class.remote(self.index_dir)
+            self.actors[slot] = self._actor_class.remote(*self._actor_args)
             self.stats.actors_replaced += 1
             self.stats.replaced_pids.append(self.pids[slot])
             self.pids[slot] = -1  # filled lazily; the new actor's pid is not needed to serve
