@@ -91,7 +91,9 @@ def test_truncating_search_still_scored(scorer):
     env.reset(seed=0)
     _, reward, terminated, truncated, info = env.step("<search> Marlo Vesk </search>")
     assert truncated and not terminated and len(info["beliefs"]) == 2
-    assert reward == pytest.approx(information_gain(*info["beliefs"], "prob_diff"))
+    # The env's own reward for ending without an answer, plus the search's information gain.
+    no_answer = getattr(env.unwrapped, "no_answer_reward", 0.0)
+    assert reward == pytest.approx(no_answer + information_gain(*info["beliefs"], "prob_diff"))
 
 
 def test_wrap_with_information_gain_loads_a_path_with_the_env_protocol(tmp_path, scorer):

@@ -313,9 +313,11 @@ def test_history_without_chat_template(tokenizer):
 def test_tokenize_probe_scores_only_the_answer(tokenizer):
     ids, score = tokenize_probe(tokenizer, "Marlo Vesk", "tag", "answer")
     assert tokenizer.decode(ids) == "<answer> Marlo Vesk </answer>"
-    assert tokenizer.decode([i for i, s in zip(ids, score) if s]) == "Marlo Vesk"
+    # The probe is tokenised as one string: the byte-level BPE's answer tokens carry the leading space.
+    assert ids == tokenizer("<answer> Marlo Vesk </answer>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode([i for i, s in zip(ids, score) if s]) == " Marlo Vesk"
     ids, score = tokenize_probe(tokenizer, "Tavella", "tool_call", "official")
-    assert tokenizer.decode(ids).startswith("\nNow there's enough information to answer\n</think>\n<answer>\n")
+    assert "\nNow there's enough information to answer\n</think>\n<answer>\n" in tokenizer.decode(ids)
     assert tokenizer.decode([i for i, s in zip(ids, score) if s]) == "Tavella"
     with pytest.raises(ValueError, match="non-empty"):
         tokenize_probe(tokenizer, "  ")

@@ -1,11 +1,11 @@
 """Text side of belief scoring: how a history and an answer probe become token ids, and a scorer that holds a model.
 
-History rendering (shared with the trainer, so both score the same tokens): the prompt, i.e. the messages before the
-first assistant message, goes through the tokenizer's chat template as a user turn with the generation prompt
-(plain text when the tokenizer has no template); every later message is appended as one growing assistant turn, the
-Search-R1 layout: agent turns verbatim, observations as `igpo_envs.protocol.observation_text` (on their own lines). Each piece is tokenised on its own and the ids
-concatenated, so turn boundaries are exact token boundaries (this is what a rollout's token stream looks like: the
-generated ids followed by the observation's ids).
+The history is rendered by `igpo_envs.transcript` (the one rendering that rollouts, the warm start and evaluation also
+use): the prompt through the chat template, then agent turns and observations, each tokenised on its own. The answer
+probe is the turn the policy would write to answer now (`igpo_envs.protocol.answer_probe`), tokenised as ONE string
+the way the transcript tokenises a turn; the answer's tokens are found by character offsets. Tokenising the probe's
+prefix, answer and suffix apart would score tokens the model never writes: a byte-level BPE writes
+``"<answer> Paris </answer>"`` with ``'ĠParis'`` (the space belongs to the answer token), not ``'Ġ'`` + ``'Paris'``.
 """
 
 from __future__ import annotations
@@ -16,67 +16,46 @@ import torch
 
 from igpo_envs.information_gain.formulas import information_gains
 from igpo_envs.information_gain.packed import METHODS, answer_logprobs
-from igpo_envs.protocol import answer_probe, observation_text
-
-
-def _split_prompt(messages: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-    if not messages:
-        raise ValueError("messages is empty: the history needs at least the prompt message")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {message!r:.80}")
-    first_agent = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
-    if first_agent == 0:
-        raise ValueError("messages starts with an assistant message; the first message must be the prompt")
-    return list(messages[:first_agent]), list(messages[first_agent:])
-
-
-def _render_prompt(tokenizer, prompt_messages: list[dict]) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
-    return "".join(m["content"] for m in prompt_messages)
-
-
-def _turn_text(message: dict) -> str:
-    return message["content"] if message["role"] == "assistant" else observation_text(message["content"])
+from igpo_envs.protocol import answer_probe
+from igpo_envs.transcript import render_messages, transcript_text, turn_encoding
 
 
 def render_history(tokenizer, messages: Sequence[dict]) -> str:
     """The text the policy sees for ``messages``: chat-templated prompt, then its turns and the observations."""
-    prompt, turns = _split_prompt(messages)
-    return _render_prompt(tokenizer, prompt) + "".join(_turn_text(m) for m in turns)
+    return transcript_text(tokenizer, messages)
 
 
 def tokenize_history(tokenizer, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
-    """Token ids of `render_history` and the belief boundaries in them.
+    """Token ids of the history (`igpo_envs.transcript.render_messages`) and the belief boundaries in them.
 
     Boundaries: after the prompt (v_0) and after each observation that follows an agent turn (v_1..v_K): the end of
     every run of non-assistant messages. A trailing agent turn (e.g. the answer) adds tokens but no boundary.
     """
-    prompt, turns = _split_prompt(messages)
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    # A chat template writes its own special tokens; plain text gets the tokenizer's usual ones (e.g. BOS).
-    ids = list(tokenizer(_render_prompt(tokenizer, prompt), add_special_tokens=not templated)["input_ids"])
-    if not ids:
-        raise ValueError("the prompt renders to no tokens")
-    boundaries = [len(ids)]
-    for i, message in enumerate(turns):
-        ids += tokenizer(_turn_text(message), add_special_tokens=False)["input_ids"]
-        next_is_agent = i + 1 == len(turns) or turns[i + 1]["role"] == "assistant"
-        if message["role"] != "assistant" and next_is_agent:  # the end of a run of observations
-            boundaries.append(len(ids))
-    return ids, boundaries
+    transcript = render_messages(tokenizer, messages)
+    return transcript.ids, transcript.boundaries
 
 
 def tokenize_probe(
-    tokenizer, answer: str, protocol: str = "tag", style: str = "answer"
+    tokenizer, answer: str, protocol: str = "tag", style: str = "answer", *, turn_opening: str = ""
 ) -> tuple[list[int], list[bool]]:
-    """Probe ids and score mask: `answer_probe`'s prefix, answer and suffix tokenised separately and concatenated."""
+    """Probe ids and score mask: the whole probe text (`answer_probe`'s prefix + answer + suffix) tokenised once, as
+    the answer turn it is, and every token that covers a character of the answer scored.
+
+    A belief boundary is always where the transcript starts a new piece (after the prompt or an observation), so the
+    probe is exactly the ids of an answer turn written there: the model cannot merge its first token into the
+    history's already-fixed last one. A token that straddles the answer's edge (the leading space of ``'ĠParis'``,
+    or an answer merged with the suffix's first character) is scored: it is how the model writes the answer.
+    ``turn_opening``: text the rollout forces at the start of every turn (see `igpo_envs.transcript.turn_encoding`).
+    """
     if not isinstance(answer, str) or not answer.strip():
         raise ValueError(f"the gold answer must be a non-empty string, got {answer!r}")
-    parts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in answer_probe(answer, protocol, style)]
-    prefix, gold, suffix = parts
-    return prefix + gold + suffix, [False] * len(prefix) + [True] * len(gold) + [False] * len(suffix)
+    prefix, gold, suffix = answer_probe(answer, protocol, style)
+    ids, offsets = turn_encoding(tokenizer, prefix + gold + suffix, turn_opening)
+    start, end = len(prefix), len(prefix) + len(gold)
+    mask = [s < end and e > start for s, e in offsets]
+    if not any(mask):
+        raise ValueError(f"no token of the probe covers the answer {answer!r} (tokenizer offsets {offsets})")
+    return ids, mask
 
 
 def first_alias(answer) -> str:
