@@ -75,6 +75,22 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class EnvSetupError(ValueError):
+    """The env to evaluate cannot be built from the given arguments (`igpo-eval` prints it without a traceback)."""
+
+
+class NoRetrieverError(EnvSetupError):
+    """The env to evaluate has a search tool but nothing to search: every score would be a meaningless zero."""
+
+
+def _no_retriever_message(env_id: str) -> str:
+    return (f"{env_id} has no retriever: every search would return a notice and the table would be zeros. Pass "
+            "a corpus or a retriever, e.g. --env-kwargs '{\"corpus\": \"wiki18.jsonl\"}' (a wiki-18 style jsonl; "
+            "igpo_envs/data/wiki18_sample.jsonl is a small one), --env-kwargs '{\"retriever_url\": "
+            "\"http://127.0.0.1:8000/retrieve\"}' (a Search-R1 server such as `igpo-retriever`), or --web-search "
+            "BACKEND. From Python: evaluate(..., env_kwargs={\"corpus\": ...}).")
+
+
 def _make_venv(env_id: str, num_envs: int, env_kwargs: dict[str, Any]):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # gymnasium's notes on custom vector envs; ours warns itself
@@ -98,14 +114,22 @@ def evaluate(
     Episodes are questions in a seeded random order (no repeats until every question was asked), run ``batch_size``
     at a time in the native vector env: one batched agent call (``act_batch``) and one batched retriever call per step.
     With ``ig_scorer`` (a scorer model path) every sub-env is wrapped in the information-gain wrapper and the summary
-    also reports the mean information gain per tool turn.
+    also reports the mean information gain per tool turn. An env with a search tool but no retriever (a paper split
+    given no corpus) raises `NoRetrieverError` saying how to pass one.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     agent_spec = agent if isinstance(agent, str) else type(agent).__name__
     agent = make_agent(agent) if isinstance(agent, str) else agent
     num_envs = max(1, min(int(batch_size), int(episodes)))
-    venv = _make_venv(env_id, num_envs, dict(env_kwargs or {}))
+    try:
+        venv = _make_venv(env_id, num_envs, dict(env_kwargs or {}))
+    except (ValueError, TypeError, OSError, gym.error.Error) as exc:  # bad ids, arguments or files
+        raise EnvSetupError(f"cannot build {env_id}: {type(exc).__name__}: {exc}") from exc
+    first_env = venv.unwrapped.envs[0]
+    if first_env.retriever is None and "search" in first_env.tools:
+        venv.close()
+        raise NoRetrieverError(_no_retriever_message(env_id))
     try:
         if hasattr(agent, "bind"):
             agent.bind(venv)
@@ -248,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         # a fresh agent per env: seeded agents replay identically
         agent = make_agent(args.agent, **agent_kwargs(args.agent, args))
         env_kwargs = {**args.env_kwargs, **web_env_kwargs(args)}
-        result = evaluate(env_id, agent, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs,
-                          batch_size=args.batch_size, progress=not args.no_progress, ig_scorer=args.ig_scorer)
+        try:
+            result = evaluate(env_id, agent, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs,
+                              batch_size=args.batch_size, progress=not args.no_progress, ig_scorer=args.ig_scorer)
+        except EnvSetupError as exc:
+            print(f"igpo-eval: {exc}", file=sys.stderr)
+            return 2
         result["agent"] = args.agent
         results.append(result)
     print(format_table(results))

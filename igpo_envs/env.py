@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
+import multiprocessing
+import numbers
 import re
 import warnings
 from collections import Counter
@@ -15,9 +18,20 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
+from gymnasium.vector.utils import create_shared_memory, read_from_shared_memory, write_to_shared_memory
 
 from igpo_envs.metrics import exact_match, f1_score
-from igpo_envs.protocol import PROTOCOLS, TOOLS, Action, format_observation, parse_action, render_prompt, wrap_result
+from igpo_envs.protocol import (
+    MAX_ACTION_CHARS,
+    OBSERVATION_LAYOUTS,
+    PROTOCOLS,
+    TOOLS,
+    Action,
+    format_observation,
+    parse_action,
+    render_prompt,
+    wrap_result,
+)
 from igpo_envs.search.base import Retriever
 from igpo_envs.tasks.datasets import load_questions
 from igpo_envs.types import Passage, QAItem
@@ -25,8 +39,8 @@ from igpo_envs.types import Passage, QAItem
 REWARD_METRICS = {"f1": f1_score, "em": exact_match}
 
 #: Longest observation / action text the spaces admit (characters). Prompts plus top-k passages are far shorter.
+#: (`MAX_ACTION_CHARS` lives with the parser, which refuses longer turns unread.)
 MAX_OBSERVATION_CHARS = 1_000_000
-MAX_ACTION_CHARS = 32_768
 
 
 def _bmp_charset() -> str:
@@ -42,6 +56,60 @@ class UnicodeText(spaces.Text):
         clone = copy.copy(self)
         clone._np_random = copy.deepcopy(self._np_random, memo)
         return clone
+
+
+class _SharedTexts(Sequence):
+    """`AsyncVectorEnv`'s shared observation buffer for a `UnicodeText` space, read live: each access decodes what
+    the workers wrote last. Gymnasium 1.4 decodes a `Text` buffer once, when the vector env is built, so with its
+    default ``shared_memory=True`` every observation stayed 1,000,000 NULs. ``deepcopy`` (what ``copy=True``, the
+    default, returns) gives a tuple of strings, as `SyncVectorEnv` does."""
+
+    def __init__(self, lengths: np.ndarray, chars: np.ndarray, max_length: int):
+        self._lengths, self._chars, self._max_length = lengths, chars, max_length
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        index = range(len(self))[index]
+        start = index * self._max_length
+        return self._chars[start:start + int(self._lengths[index])].tobytes().decode("utf-16-le")
+
+    def __deepcopy__(self, memo) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, Sequence) else other)
+
+    def __repr__(self) -> str:
+        return f"_SharedTexts({tuple(self)!r})"
+
+
+# Shared memory for `UnicodeText`: per sub-env a length and the text as UTF-16 code units, one per character (the
+# space is the BMP without surrogates), so writes and reads cost the text's length, not `max_length`.
+@create_shared_memory.register(UnicodeText)
+def _create_unicode_text_memory(space: UnicodeText, n: int = 1, ctx=multiprocessing):
+    return ctx.Array("q", n), ctx.Array("H", n * space.max_length)
+
+
+@read_from_shared_memory.register(UnicodeText)
+def _read_unicode_texts(space: UnicodeText, shared_memory, n: int = 1) -> _SharedTexts:
+    lengths, chars = shared_memory
+    return _SharedTexts(np.frombuffer(lengths.get_obj(), dtype=np.int64),
+                        np.frombuffer(chars.get_obj(), dtype=np.uint16), space.max_length)
+
+
+@write_to_shared_memory.register(UnicodeText)
+def _write_unicode_text(space: UnicodeText, index: int, value: str, shared_memory) -> None:
+    lengths, chars = shared_memory
+    units = np.frombuffer(value.encode("utf-16-le"), dtype=np.uint16)
+    if len(units) != len(value) or len(value) > space.max_length:
+        raise ValueError(f"observation of {len(value)} characters is not in {space} (astral characters or too long)")
+    start = index * space.max_length
+    np.frombuffer(chars.get_obj(), dtype=np.uint16)[start:start + len(units)] = units
+    np.frombuffer(lengths.get_obj(), dtype=np.int64)[index] = len(units)
 
 
 _TEXT_TEMPLATES: dict[int, UnicodeText] = {}
@@ -83,6 +151,21 @@ def _warn_no_retriever_once() -> None:
     if not _warned_no_retriever:
         _warned_no_retriever = True
         warnings.warn(NO_RETRIEVER_NOTICE, NoRetrieverWarning, stacklevel=3)
+
+
+def _integer(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool, not a float such as 1.9 that ``int()`` would silently floor)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _finite_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _query_key(query: str) -> str:
@@ -157,9 +240,13 @@ class SearchQAEnv(gym.Env[str, str]):
       `corpus` by name, `"bm25s"` (default) or `"tantivy"`; `retriever_url`: a Search-R1 `/retrieve` server.
     - `retriever_kwargs`: extra arguments for `make_retriever`, e.g. `{"index": dir}` for a prebuilt
       `igpo-index build` directory (its manifest must match `corpus` when both are given).
+    - `data_source`: keep only the questions of this source (e.g. `"nq"` from a merged multi-source parquet).
     - `protocol`: `"tag"` or `"tool_call"`. `prompt_template`: overrides the prompt (must contain `{question}`).
-    - `topk`: passages per search (3). `max_turns`: turn limit (10, as the paper).
-    - `format_penalty`: reward of a malformed turn (-2.0). `reward_metric`: `"f1"` or `"em"`.
+    - `observation_layout`: how search results are laid out: `"igpo"` (default: `<information>` on its own lines,
+      `Doc 1 (Title: Paris) text`) or `"search-r1"` (Search-R1's exact text: `\n\n<information>Doc 1(Title:
+      "Paris") text</information>\n\n`; see `igpo_envs.protocol.format_passages`).
+    - `topk`: passages per search (3). `max_turns`: turn limit (10, as the paper). Both integers >= 1.
+    - `format_penalty`: reward of a malformed turn (-2.0, finite). `reward_metric`: `"f1"` or `"em"`.
     - `tools`: tools the agent may call, from `("search", "browse")`. `browser`: `browser(url) -> str` for browse.
     - `render_mode`: `"ansi"` (the transcript as a string) or `"human"` (prints it).
 
@@ -185,29 +272,35 @@ class SearchQAEnv(gym.Env[str, str]):
         render_mode: str | None = None,
         browser: Callable[[str], str] | None = None,
         retriever_kwargs: dict[str, Any] | None = None,
+        observation_layout: str = "igpo",
+        data_source: str | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
         if reward_metric not in REWARD_METRICS:
             raise ValueError(f"unknown reward_metric {reward_metric!r}; expected one of {sorted(REWARD_METRICS)}")
-        unknown_tools = set(tools) - set(TOOLS)
-        if unknown_tools or not tools:
-            raise ValueError(f"tools must be a non-empty subset of {TOOLS}, got {tuple(tools)}")
-        if int(topk) < 1 or int(max_turns) < 1:
-            raise ValueError(f"topk and max_turns must be >= 1, got topk={topk}, max_turns={max_turns}")
+        if observation_layout not in OBSERVATION_LAYOUTS:
+            raise ValueError(f"unknown observation_layout {observation_layout!r}; expected one of {OBSERVATION_LAYOUTS}")
+        if isinstance(tools, str) or not tools or set(tools) - set(TOOLS):
+            raise ValueError(f"tools must be a non-empty sequence of names from {TOOLS}, got {tools!r}")
+        topk, max_turns = _integer("topk", topk, 1), _integer("max_turns", max_turns, 1)
+        format_penalty = _finite_number("format_penalty", format_penalty)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unknown render_mode {render_mode!r}; expected one of {self.metadata['render_modes']}")
         render_prompt("", protocol, prompt_template)  # validates the template early
 
-        self.items: tuple[QAItem, ...] = tuple(load_questions(questions))
+        self.items: tuple[QAItem, ...] = tuple(load_questions(questions, data_source))
         self._index_by_id = {item.id: i for i, item in enumerate(self.items)}
         if len(self._index_by_id) != len(self.items):
             duplicate = next(qid for qid, n in Counter(item.id for item in self.items).items() if n > 1)
-            raise ValueError(f"question ids must be unique (they pin and trace episodes); {duplicate!r} repeats")
+            sources = sorted({item.data_source for item in self.items if item.id == duplicate})
+            hint = f" (in data sources {sources}: pass data_source= to keep one)" if len(sources) > 1 else ""
+            raise ValueError(f"question ids must be unique (they pin and trace episodes); {duplicate!r} repeats{hint}")
         self.protocol = protocol
-        self.topk = int(topk)
-        self.max_turns = int(max_turns)
-        self.format_penalty = float(format_penalty)
+        self.topk = topk
+        self.max_turns = max_turns
+        self.format_penalty = format_penalty
+        self.observation_layout = observation_layout
         self.reward_metric = reward_metric
         self.prompt_template = prompt_template
         self.tools = tuple(tools)
@@ -218,7 +311,8 @@ class SearchQAEnv(gym.Env[str, str]):
             _warn_no_retriever_once()
         self._init_kwargs = dict(protocol=protocol, topk=topk, max_turns=max_turns, format_penalty=format_penalty,
                                  reward_metric=reward_metric, prompt_template=prompt_template, tools=tuple(tools),
-                                 render_mode=render_mode, browser=browser)
+                                 render_mode=render_mode, browser=browser,
+                                 observation_layout=observation_layout)
 
         self.observation_space = text_space(MAX_OBSERVATION_CHARS)
         self.action_space = text_space(MAX_ACTION_CHARS)
@@ -261,7 +355,7 @@ class SearchQAEnv(gym.Env[str, str]):
         if seed is not None or self._order is None:  # a seed fixes the question order from here on
             self._shuffle()
         if options.get("question_index") is not None:
-            index = int(options["question_index"])
+            index = _integer("options['question_index']", options["question_index"])
             if not 0 <= index < len(self.items):
                 raise ValueError(f"question_index {index} out of range [0, {len(self.items)})")
         elif options.get("question_id") is not None:
@@ -304,20 +398,20 @@ class SearchQAEnv(gym.Env[str, str]):
             episode.repeated_queries += any(_query_key(q) == key for q in episode.queries)
             episode.queries.append(action.argument)
             if passages is None:
-                return wrap_result(NO_RETRIEVER_NOTICE, self.protocol)
+                return wrap_result(NO_RETRIEVER_NOTICE, self.protocol, self.observation_layout)
             for p in passages:
                 if p.id not in episode.retrieved_ids:
                     episode.retrieved_ids.append(p.id)
                 episode.retrieved_titles.add(p.title)
-            return format_observation(passages, self.protocol)
+            return format_observation(passages, self.protocol, self.observation_layout)
         # browse
         if self.browser is None:
-            return wrap_result(NO_BROWSER_NOTICE, self.protocol)
+            return wrap_result(NO_BROWSER_NOTICE, self.protocol, self.observation_layout)
         try:
             page = self.browser(action.argument)
         except Exception as exc:  # a failed fetch is information for the agent, not a crash
             page = f"Could not open {action.argument}: {type(exc).__name__}: {exc}"
-        return wrap_result(str(page), self.protocol)
+        return wrap_result(str(page), self.protocol, self.observation_layout)
 
     def _finish(self, text: Any, action: Action, passages: list[Passage] | None):
         episode = self._episode

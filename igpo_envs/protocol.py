@@ -6,8 +6,12 @@ Two protocols are supported:
 * ``"tool_call"`` (official IGPO / Qwen): ``<tool_call>{"name": "search", "arguments": {"query": ...}}</tool_call>``,
   results in ``<tool_response>``; the answer is still ``<answer>text</answer>``.
 
-`parse_action` is pure and never raises: anything it cannot accept becomes an ``Action(kind="invalid")`` whose
-``error`` says why, which the env turns into a format penalty.
+`parse_action` is pure, linear-time and never raises: anything it cannot accept (unbalanced, crossed or nested
+tags, bad JSON, text longer than the action space, ...) becomes an ``Action(kind="invalid")`` whose ``error`` says
+why, which the env turns into a format penalty.
+
+Search results are laid out in one of `OBSERVATION_LAYOUTS`: ``"igpo"`` (default) or ``"search-r1"`` (Search-R1's
+exact text, see `format_passages`).
 """
 
 from __future__ import annotations
@@ -40,10 +44,17 @@ _TOOL_CALL_PROMPT = (
 )
 PROMPT_TEMPLATES = {"tag": _TAG_PROMPT, "tool_call": _TOOL_CALL_PROMPT}
 
+#: How search results are laid out in an observation: igpo's own (the default) or Search-R1's exact text.
+OBSERVATION_LAYOUTS = ("igpo", "search-r1")
+
+#: Longest turn text the parser reads (the env's action space admits no more); longer text is invalid unparsed.
+MAX_ACTION_CHARS = 32_768
+
 # Tags an agent may not leave unbalanced; result tags are written by the env, never by the agent.
 _AGENT_TAGS = ("think", "search", "browse", "answer", "tool_call")
 _RESULT_TAGS = {"tag": "information", "tool_call": "tool_response"}
-
+# One pass over every protocol tag: parsing is linear in the text length whatever the text holds.
+_TAG_PATTERN = re.compile(rf"<(/?)({'|'.join(_AGENT_TAGS + tuple(_RESULT_TAGS.values()))})>")
 
 @dataclass(frozen=True)
 class Action:
@@ -67,32 +78,61 @@ def _check_protocol(protocol: str) -> None:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
-def _blocks(tag: str, text: str) -> list[str]:
-    return re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL)
+def _scan_blocks(text: str) -> list[tuple[str, str]] | str:
+    """The ``(tag, body)`` blocks of a turn in order, leaving out those inside a ``<think>`` (reasoning, no action);
+    or why its tags are malformed: unbalanced, crossed, nested (a tag inside any block but ``<think>``, or a
+    ``<think>`` inside a ``<think>``), or a result tag only the env may write."""
+    blocks: list[tuple[str, str]] = []
+    open_tags: list[tuple[str, int]] = []  # (tag, where its body starts)
+    for match in _TAG_PATTERN.finditer(text):
+        closing, tag = match.group(1), match.group(2)
+        if tag not in _AGENT_TAGS:
+            if closing:  # a stray closing result tag is plain text
+                continue
+            return f"the agent wrote a <{tag}> block; only the environment may"
+        if not closing:
+            if open_tags and (open_tags[-1][0] != "think" or tag == "think"):
+                return f"nested tags: <{tag}> inside <{open_tags[-1][0]}> at position {match.start()}"
+            open_tags.append((tag, match.end()))
+        elif not open_tags:
+            return f"unbalanced <{tag}> tags: </{tag}> at position {match.start()} closes nothing"
+        elif open_tags[-1][0] != tag:
+            return f"unbalanced <{open_tags[-1][0]}> tags: closed by </{tag}> at position {match.start()}"
+        else:
+            _, start = open_tags.pop()
+            if not open_tags:
+                blocks.append((tag, text[start:match.start()]))
+    if open_tags:
+        tag, start = open_tags[-1]
+        return f"unbalanced <{tag}> tags: <{tag}> at position {start - len(tag) - 2} is never closed"
+    return blocks
 
 
-def _unbalanced(text: str, tags: Sequence[str]) -> str | None:
-    for tag in tags:
-        opened, closed = text.count(f"<{tag}>"), text.count(f"</{tag}>")
-        if opened != closed:
-            return f"unbalanced <{tag}> tags ({opened} opening, {closed} closing)"
-    return None
+def _load_json(text: str) -> tuple[object, str | None]:
+    """``json.loads`` that reports instead of raising: deep nesting (RecursionError) and integers beyond Python's
+    digit limit (ValueError) are malformed output like any other."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg} at position {exc.pos}"
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        return None, str(exc)
 
 
 def _parse_tool_call(body: str, tools: Collection[str]) -> Action:
-    try:
-        call = json.loads(body)
-    except json.JSONDecodeError as exc:
-        return Action("invalid", error=f"tool call is not valid JSON: {exc.msg} at position {exc.pos}")
+    call, problem = _load_json(body)
+    if problem is not None:
+        return Action("invalid", error=f"tool call is not valid JSON: {problem}")
     if not isinstance(call, dict):
         return Action("invalid", error="tool call must be a JSON object with 'name' and 'arguments'")
     name, arguments = call.get("name"), call.get("arguments")
     if name not in tools:
         return Action("invalid", error=f"unknown tool {name!r}; available: {sorted(tools)}")
     if isinstance(arguments, str):  # some models emit the arguments object as a JSON string
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+        arguments, problem = _load_json(arguments)
+        if problem is not None:
             return Action("invalid", error="tool call 'arguments' is a string that is not a JSON object")
     key = _TOOL_ARGUMENT[name]
     if not isinstance(arguments, dict) or not isinstance(arguments.get(key), str):
@@ -103,26 +143,23 @@ def _parse_tool_call(body: str, tools: Collection[str]) -> Action:
     return Action(name, value)
 
 
-def parse_action(text: str, protocol: str = "tag", tools: Collection[str] = ("search",)) -> Action:
-    """Parse one turn of agent text into an `Action`. Never raises on any input text."""
+def parse_action(
+    text: str, protocol: str = "tag", tools: Collection[str] = ("search",), max_chars: int = MAX_ACTION_CHARS
+) -> Action:
+    """Parse one turn of agent text into an `Action`. Never raises on any input text, and runs in time linear in its
+    length; text longer than ``max_chars`` is invalid without being read."""
     _check_protocol(protocol)
     if not isinstance(text, str):
         return Action("invalid", error=f"action must be a string, got {type(text).__name__}")
-    if error := _unbalanced(text, _AGENT_TAGS):
-        return Action("invalid", error=error)
-    for result_tag in _RESULT_TAGS.values():
-        if f"<{result_tag}>" in text:
-            return Action("invalid", error=f"the agent wrote a <{result_tag}> block; only the environment may")
-    thoughts = _blocks("think", text)
-    think = "\n".join(t.strip() for t in thoughts) or None
-    # Tool and answer tags inside <think> are reasoning, not actions.
-    outside = re.sub(r"<think>.*?</think>", " ", text, flags=re.DOTALL)
-
-    answers = _blocks("answer", outside)
-    if protocol == "tag":
-        calls = [(tool, body) for tool in TOOLS for body in _blocks(tool, outside)]
-    else:
-        calls = [("tool_call", body) for body in _blocks("tool_call", outside)]
+    if len(text) > max_chars:
+        return Action("invalid", error=f"action is {len(text)} characters long; the limit is {max_chars}")
+    blocks = _scan_blocks(text)
+    if isinstance(blocks, str):
+        return Action("invalid", error=blocks)
+    think = "\n".join(body.strip() for tag, body in blocks if tag == "think") or None
+    answers = [body for tag, body in blocks if tag == "answer"]
+    call_tags = TOOLS if protocol == "tag" else ("tool_call",)
+    calls = [(tag, body) for tag, body in blocks if tag in call_tags]
     if answers and calls:
         return Action("invalid", error="the turn contains both a tool call and an answer", think=think)
     if len(answers) + len(calls) > 1:
@@ -145,29 +182,53 @@ def parse_action(text: str, protocol: str = "tag", tools: Collection[str] = ("se
     return Action(tool, body.strip(), think=think)
 
 
-def wrap_result(text: str, protocol: str) -> str:
-    """Wrap a tool result (passages, a page, or a notice) in the protocol's result tags."""
+def _check_layout(layout: str) -> None:
+    if layout not in OBSERVATION_LAYOUTS:
+        raise ValueError(f"unknown observation layout {layout!r}; expected one of {OBSERVATION_LAYOUTS}")
+
+
+def wrap_result(text: str, protocol: str, layout: str = "igpo") -> str:
+    """Wrap a tool result (passages, a page, or a notice) in the protocol's result tags: on lines of their own
+    (``"igpo"``), or as Search-R1 appends it, tight inside the tags with a blank line either side (``"search-r1"``)."""
     _check_protocol(protocol)
+    _check_layout(layout)
     tag = _RESULT_TAGS[protocol]
+    if layout == "search-r1":
+        return f"\n\n<{tag}>{text.strip()}</{tag}>\n\n"
     return f"<{tag}>\n{text.strip()}\n</{tag}>"
 
 
 def observation_text(observation: str) -> str:
-    """How an observation is spliced into the policy's running text after its turn (Search-R1 layout: inline, on
-    its own lines). The trainer's rollouts, the SFT warm start and belief scoring all use this one rendering."""
+    """How an observation is spliced into the policy's running text after its turn. The trainer's rollouts, the SFT
+    warm start and belief scoring all use this one rendering. An ``"igpo"``-layout observation goes on lines of its
+    own; a ``"search-r1"``-layout one already carries Search-R1's surrounding blank lines and is spliced verbatim."""
+    if observation.startswith("\n"):
+        return observation
     return "\n" + observation.strip() + "\n"
 
 
-def format_passages(passages: Sequence[Passage]) -> str:
-    """Search-R1's passage layout: one ``Doc i (Title: t) text`` line per passage."""
+def format_passages(passages: Sequence[Passage], layout: str = "igpo") -> str:
+    """The passages of one search as text.
+
+    ``"igpo"`` (default): one ``Doc i (Title: t) text`` line per passage, the title unquoted, ``No results found.``
+    for none. ``"search-r1"``: Search-R1's own rendering, ``Doc i(Title: <first line of contents>) <rest>``, which for
+    wiki-18 rows shows the quoted title, ``Doc 1(Title: "Paris") ...``, and nothing at all for no results.
+    """
+    _check_layout(layout)
+    if layout == "search-r1":
+        rendered = []
+        for i, passage in enumerate(passages, start=1):
+            title, _, text = passage.contents.partition("\n")
+            rendered.append(f"Doc {i}(Title: {title}) {text}\n")
+        return "".join(rendered)
     if not passages:
         return "No results found."
     return "\n".join(f"Doc {i} (Title: {p.title}) {p.text}" for i, p in enumerate(passages, start=1))
 
 
-def format_observation(passages: Sequence[Passage], protocol: str) -> str:
-    """The observation an agent sees after a search."""
-    return wrap_result(format_passages(passages), protocol)
+def format_observation(passages: Sequence[Passage], protocol: str, layout: str = "igpo") -> str:
+    """The observation an agent sees after a search (see `format_passages` and `wrap_result` for the layouts)."""
+    return wrap_result(format_passages(passages, layout), protocol, layout)
 
 
 def render_prompt(question: str, protocol: str = "tag", template: str | None = None) -> str:

@@ -1,6 +1,6 @@
 """`SearchQAVectorEnv`: a native vector env whose step answers all sub-env searches with one retriever call.
 
-Registered as the ``vector_entry_point`` of every ``igpo/`` id, so
+Registered (by string path, so ``EnvSpec.to_json()`` works) as the ``vector_entry_point`` of every ``igpo/`` id, so
 ``gym.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")`` builds it.
 """
 
@@ -14,7 +14,7 @@ from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from igpo_envs.env import SearchQAEnv, step_batch
+from igpo_envs.env import SearchQAEnv, _integer, step_batch
 
 
 def _per_env(value: Any, num_envs: int, name: str) -> list[Any]:
@@ -65,15 +65,14 @@ class SearchQAVectorEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         **env_kwargs: Any,
     ):
-        if int(num_envs) < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        num_envs = _integer("num_envs", num_envs, 1)
         if isinstance(env_fn, str):
             env_fn = load_env_creator(env_fn)
         first = env_fn(**env_kwargs)
         if not isinstance(first.unwrapped, SearchQAEnv):
             raise TypeError(f"env_fn must build a SearchQAEnv, got {type(first)}")
-        self.envs: list[SearchQAEnv] = [first.unwrapped] + [first.unwrapped.spawn() for _ in range(int(num_envs) - 1)]
-        self.num_envs = int(num_envs)
+        self.envs: list[SearchQAEnv] = [first.unwrapped] + [first.unwrapped.spawn() for _ in range(num_envs - 1)]
+        self.num_envs = num_envs
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.render_mode = first.render_mode
@@ -204,3 +203,18 @@ class SearchQAVectorEnv(VectorEnv):
 def make_vector_env(num_envs: int, env_fn: Callable[..., SearchQAEnv] | str = SearchQAEnv, **kwargs: Any):
     """Build a `SearchQAVectorEnv` (what ``vector_entry_point`` calls)."""
     return SearchQAVectorEnv(num_envs=num_envs, env_fn=env_fn, **kwargs)
+
+
+def _vector_entry_point(entry_point: str) -> Callable[..., SearchQAVectorEnv]:
+    def make(num_envs: int, **kwargs: Any) -> SearchQAVectorEnv:
+        return SearchQAVectorEnv(num_envs=num_envs, env_fn=entry_point, **kwargs)
+
+    make.__doc__ = f"The native vector env over ``{entry_point}`` sub-envs (a registered ``vector_entry_point``)."
+    return make
+
+
+# The vector entry points of the registered ids, one module attribute each so they register by string path.
+make_search_qa_vector_env = _vector_entry_point("igpo_envs.env:SearchQAEnv")
+make_paper_vector_env = _vector_entry_point("igpo_envs.tasks.datasets:make_paper_env")
+make_hotpotqa_distractor_vector_env = _vector_entry_point("igpo_envs.tasks.hotpotqa:make_hotpotqa_distractor_env")
+make_synth_vector_env = _vector_entry_point("igpo_envs.tasks.synthetic:make_synth_env")

@@ -10,9 +10,10 @@ import pytest
 from conftest import ITEMS, PASSAGES, KeywordRetriever
 
 from igpo_envs.agents import OracleAgent, RandomAgent, SearchQuestionAgent, agent_names, make_agent
-from igpo_envs.cli import _episode_order, evaluate, format_table, main
+from igpo_envs.cli import NoRetrieverError, _episode_order, evaluate, format_table, main
 from igpo_envs.env import SearchQAEnv
 from igpo_envs.protocol import parse_action
+from igpo_envs.tasks.datasets import data_path
 
 
 def toy_kwargs(**extra):
@@ -131,9 +132,12 @@ def test_cli_on_hotpotqa_distractor(tmp_path, capsys):
 
 
 def test_cli_env_kwargs_and_errors(tmp_path, capsys):
+    corpus = json.dumps(str(data_path("wiki18_sample.jsonl")))
     code = main(["--env", "igpo/Bamboogle-v0", "--agent", "search-question", "--episodes", "3",
-                 "--env-kwargs", '{"split": "dev", "max_turns": 1}', "--no-progress"])
+                 "--env-kwargs", f'{{"split": "dev", "max_turns": 1, "corpus": {corpus}}}', "--no-progress"])
     assert code == 0 and "igpo/Bamboogle-v0" in capsys.readouterr().out
+    code = main(["--env", "igpo/Bamboogle-v0", "--agent", "search-question", "--env-kwargs", '{"topk": 1.9}'])
+    assert code == 2 and "topk must be an integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--env", "igpo/NQ-v0", "--agent", "random", "--env-kwargs", "{not json"])
     assert main(["--env", "igpo/NQ-v0", "--agent", "random", "--env-kwargs", "[1]"]) == 2
@@ -158,3 +162,12 @@ def test_evaluate_with_information_gain_scorer(tmp_path):
     assert result["em"] == 1.0 and result["searches"] == 1.0
     assert isinstance(result["information_gain"], float) and result["information_gain"] == result["information_gain"]
     assert format_table([result]).splitlines()[0].split()[-1] == "IG/search"  # the table reports it too
+
+
+def test_eval_without_a_retriever_refuses_and_says_how_to_pass_one(capsys):
+    """It printed a table of zeros and exited 0 (the no-retriever warning was filtered)."""
+    with pytest.raises(NoRetrieverError, match="corpus"):
+        evaluate("igpo/NQ-v0", "search-question", episodes=2, progress=False)
+    assert main(["--env", "igpo/NQ-v0", "--agent", "search-question", "--episodes", "2", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--env-kwargs '{\"corpus\"" in captured.err and "retriever_url" in captured.err

@@ -8,6 +8,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import KeywordRetriever
 
 from igpo_envs.tasks.datasets import (
     PAPER_DATASETS,
@@ -179,3 +180,144 @@ def test_shipped_flashrag_sample_with_wiki_corpus(tmp_path):
     obs, reward, terminated, truncated, info = env.step("<search> nobel prize in physics </search>")
     assert obs.count("Doc ") == 3 and len(info["retrieved_ids"]) == 3 and len(info["corpus_hash"]) == 64
     assert obs in env.observation_space
+
+
+# ---------------------------------------------------------------------------------------------- hostile data (issue 12)
+SEARCH_R1_INSTRUCTIONS = (  # the shape of Search-R1's make_prefix: instructions naming the tags, then the question
+    "Answer the given question. Reason inside <think> and </think>. Search with <search> query </search>; results "
+    "come back between <information> and </information>. Give the answer inside <answer> and </answer>, for "
+    "example <answer> Beijing </answer>. Question: {question}\n"
+)
+
+
+def search_r1_row(question, source, index, targets):
+    """A row with only Search-R1's columns (scripts/data_process/nq_search.py)."""
+    return {"data_source": source, "prompt": [{"role": "user", "content": SEARCH_R1_INSTRUCTIONS.format(
+        question=question)}], "ability": "fact-reasoning", "reward_model": {"style": "rule", "ground_truth": {
+            "target": targets}}, "extra_info": {"split": "test", "index": index}}
+
+
+def test_search_r1_parquet_gives_the_question_and_consistent_ids(tmp_path):
+    path = tmp_path / "test.parquet"
+    rows = [search_r1_row(f"who wrote book {i}?", "nq", i, [f"author {i}"]) for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    items = load_questions(path)
+    # Was: the whole instruction prompt as the question; ids "nq-0" (index 0 is falsy), then "1", "2".
+    assert [item.question for item in items] == ["who wrote book 0?", "who wrote book 1?", "who wrote book 2?"]
+    assert [item.id for item in items] == ["nq-0", "nq-1", "nq-2"]
+    assert items[2].golden_answers == ("author 2",)
+
+
+def test_whole_task_prompt_without_a_question_line_is_refused(tmp_path):
+    path = tmp_path / "p.parquet"
+    row = search_r1_row("x", "nq", 0, ["y"])
+    row["prompt"][0]["content"] = "Answer inside <answer> and </answer>. Who wrote Dune?"
+    pq.write_table(pa.Table.from_pylist([row]), path)
+    with pytest.raises(ValueError, match=r"p\.parquet: row 0: field 'prompt\[-1\].content': is a whole task prompt"):
+        load_questions(path)
+
+
+def test_merged_multi_source_parquet_and_the_data_source_filter(tmp_path):
+    import gymnasium as gym
+
+    path = tmp_path / "merged.parquet"
+    rows = [search_r1_row(f"{source} question {i}?", source, i, ["a"]) for source in ("nq", "triviaqa")
+            for i in range(2)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert [item.id for item in load_questions(path)] == ["nq-0", "nq-1", "triviaqa-0", "triviaqa-1"]
+    env = gym.make("igpo/SearchQA-v0", questions=str(path), data_source="triviaqa", retriever=KeywordRetriever([]))
+    assert [item.question for item in env.unwrapped.items] == ["triviaqa question 0?", "triviaqa question 1?"]
+    with pytest.raises(ValueError, match=r"no questions found with data_source='hotpotqa' \(sources present: \['nq', 'triviaqa'\]\)"):
+        load_questions(path, data_source="hotpotqa")
+    # explicit ids that repeat across sources: the error says how to pick one source
+    same_ids = tmp_path / "same.parquet"
+    pq.write_table(pa.Table.from_pylist([{**row, "id": "0"} for row in rows[:1] + rows[2:3]]), same_ids)
+    with pytest.raises(ValueError, match=r"'0' repeats \(in data sources \['nq', 'triviaqa'\]: pass data_source="):
+        gym.make("igpo/SearchQA-v0", questions=str(same_ids), retriever=KeywordRetriever([]))
+    assert len(gym.make("igpo/SearchQA-v0", questions=str(same_ids), data_source="nq",
+                        retriever=KeywordRetriever([])).unwrapped.items) == 1
+
+
+def test_data_source_filter_on_jsonl_and_items(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [
+        {"id": "a", "question": "q", "golden_answers": ["x"], "data_source": "nq"},
+        {"id": "b", "question": "q", "golden_answers": ["x"], "data_source": "tq"},
+        {"id": "c", "question": "q", "golden_answers": ["x"]},  # unlabelled: taken to be of the requested source
+    ])
+    assert [item.id for item in load_questions(path, data_source="tq")] == ["b", "c"]
+    items = [QAItem("a", "q", ("x",), "nq"), QAItem("b", "q", ("x",), "tq")]
+    assert load_questions(items, data_source="nq") == items[:1]
+    with pytest.raises(ValueError, match="no questions found with data_source='popqa'"):
+        load_questions(items, data_source="popqa")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_non_utf8_questions_file_names_file_and_line(tmp_path, suffix):
+    good = json.dumps({"id": "a", "question": "q", "golden_answers": ["x"]}).encode()
+    bad = json.dumps({"id": "b", "question": "Québec?", "golden_answers": ["x"]}, ensure_ascii=False).encode().replace(
+        "é".encode(), "é".encode("latin-1"))
+    data = good + b"\n" + bad + b"\n"
+    path = tmp_path / f"q{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    with pytest.raises(ValueError, match=rf"q{suffix.replace('.', '[.]')}: line 2: not valid UTF-8"):
+        load_questions(path)  # was a bare UnicodeDecodeError
+
+
+def test_truncated_gzip_questions_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "q.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"id": "a", "question": "q", "golden_answers": ["x"]}\n' * 50)[:-20])
+    with pytest.raises(ValueError, match=r"q\.jsonl\.gz: line \d+: cannot be read"):
+        load_questions(path)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a", "question": "q", "golden_answers": ["x"]}).encode())
+    assert load_questions(path)[0].id == "a"
+
+
+@pytest.mark.parametrize(("row", "match"), [
+    ({"gold_titles": "Paris"}, r"line 1: field 'gold_titles': expected a list of strings, got str"),  # was P,a,r,i,s
+    ({"gold_titles": [["Paris"]]}, r"field 'gold_titles': expected strings"),
+    ({"gold_passage_ids": "p1"}, r"field 'gold_passage_ids': expected a list"),
+    ({"id": ["a", "b"]}, r"line 1: field 'id': expected a string or an integer, got list"),  # was "['a', 'b']"
+    ({"id": True}, r"field 'id': expected a string or an integer, got bool"),
+    ({"id": 1.5}, r"field 'id': expected a string or an integer, got float"),
+    ({"data_source": 3}, r"field 'data_source': expected a string"),
+])
+def test_jsonl_field_types_are_validated(tmp_path, row, match):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"question": "q", "golden_answers": ["x"], **row}])
+    with pytest.raises(ValueError, match=match):
+        load_questions(path)
+
+
+def test_null_or_integer_ids(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"id": None, "question": "q", "golden_answers": ["x"]},
+                                             {"id": 7, "question": "q", "golden_answers": ["x"], "gold_passage_ids": [3]}])
+    items = load_questions(path)
+    assert [item.id for item in items] == ["q-1", "7"] and items[1].gold_passage_ids == ("3",)  # was "None"
+
+
+def test_parquet_id_types_are_validated(tmp_path):
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.Table.from_pylist([verl_row(id=None), verl_row(id="x1")]), path)
+    assert [item.id for item in load_questions(path)] == ["nq_1", "x1"]  # null id: extra_info.index
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist([verl_row(id=["a"])]), bad)
+    with pytest.raises(ValueError, match=r"bad\.parquet: row 0: field 'id': expected a string or an integer"):
+        load_questions(bad)
+
+
+@pytest.mark.parametrize(("line", "match"), [
+    (b'{"question_id": "x", "question_text": "q", "answers_objects": [{"spans": ["a"]}], "contexts": [1]}',
+     r"field 'contexts': expected objects"),
+    (b'{"question_id": "x", "question_text": "q", "answers_objects": "a", "contexts": []}',
+     r"field 'answers_objects': unexpected str"),
+    (b'[1]', r"line 1: expected a JSON object"),
+    (b'{"question_id": "x", "question_text": "Qu\xe9bec"}', r"line 1: not valid UTF-8"),
+])
+def test_hotpotqa_loader_validates_types(tmp_path, line, match):
+    path = tmp_path / "h.jsonl"
+    path.write_bytes(line + b"\n")
+    with pytest.raises(ValueError, match=rf"h\.jsonl: {match}" if "line 1" in match else match):
+        load_hotpotqa_distractor(path)

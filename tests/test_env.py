@@ -344,10 +344,9 @@ def test_vector_disabled_autoreset_skips_finished(toy_items, toy_retriever):
 
 @pytest.mark.parametrize("mode", ["sync", "async", "vector_entry_point"])
 def test_make_vec_modes(mode):
-    kwargs = {"vector_kwargs": {"shared_memory": False}} if mode == "async" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoRetrieverWarning)
-        venv = gym.make_vec("igpo/Bamboogle-v0", num_envs=2, vectorization_mode=mode, **kwargs)
+        venv = gym.make_vec("igpo/Bamboogle-v0", num_envs=2, vectorization_mode=mode)
     try:
         obs, info = venv.reset(seed=3)
         assert len(obs) == 2 and all("Question:" in o for o in obs)

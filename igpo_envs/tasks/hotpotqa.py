@@ -12,16 +12,28 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from igpo_envs.tasks.datasets import _open_text, data_path
+from igpo_envs.tasks.datasets import data_path, read_lines
 from igpo_envs.types import Passage, QAItem
 
 SHIPPED_FILE = "hotpotqa_distractor_dev400.jsonl.gz"
 
 
-def _field(row: dict, field: str, path: Path, lineno: int) -> Any:
+def _field(row: dict, field: str, path: Path, lineno: int, kind: type | tuple[type, ...] = object) -> Any:
     if field not in row:
         raise ValueError(f"{path}: line {lineno}: field {field!r}: missing")
-    return row[field]
+    value = row[field]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{path}: line {lineno}: field {field!r}: unexpected {type(value).__name__}")
+    return value
+
+
+def _records(values: list, field: str, keys: dict[str, type], path: Path, lineno: int) -> list[dict]:
+    """``values`` if every entry is an object whose ``keys`` have the given types."""
+    for value in values:
+        if not isinstance(value, dict) or any(not isinstance(value.get(k), t) for k, t in keys.items()):
+            expected = ", ".join(f"{k}: {t.__name__}" for k, t in keys.items())
+            raise ValueError(f"{path}: line {lineno}: field {field!r}: expected objects with {{{expected}}}")
+    return values
 
 
 def load_hotpotqa_distractor(path: str | Path | None = None) -> tuple[list[QAItem], list[Passage]]:
@@ -30,38 +42,39 @@ def load_hotpotqa_distractor(path: str | Path | None = None) -> tuple[list[QAIte
     passages: list[Passage] = []
     ids_by_key: dict[tuple[str, str], str] = {}
     items: list[QAItem] = []
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
-            answers = [span for obj in _field(row, "answers_objects", path, lineno) for span in obj.get("spans", [])]
-            if not answers:
-                raise ValueError(f"{path}: line {lineno}: field 'answers_objects': no answer span")
-            gold_ids, gold_titles = [], []
-            for ctx in _field(row, "contexts", path, lineno):
-                if "title" not in ctx or "paragraph_text" not in ctx:
-                    raise ValueError(f"{path}: line {lineno}: field 'contexts': a context lacks title/paragraph_text")
-                key = (ctx["title"], ctx["paragraph_text"])
-                if key not in ids_by_key:
-                    ids_by_key[key] = f"hp-{len(passages)}"
-                    passages.append(Passage(ids_by_key[key], ctx["title"], ctx["paragraph_text"]))
-                if ctx.get("is_supporting"):
-                    gold_ids.append(ids_by_key[key])
-                    gold_titles.append(ctx["title"])
-            items.append(
-                QAItem(
-                    id=str(_field(row, "question_id", path, lineno)),
-                    question=str(_field(row, "question_text", path, lineno)).strip(),
-                    golden_answers=tuple(answers),
-                    data_source="hotpotqa_distractor",
-                    gold_passage_ids=tuple(gold_ids),
-                    gold_titles=tuple(gold_titles),
-                )
+    for lineno, line in read_lines(path):
+        try:
+            row = json.loads(line)
+        except (RecursionError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path}: line {lineno}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+        answer_objects = _records(_field(row, "answers_objects", path, lineno, list), "answers_objects",
+                                  {"spans": list}, path, lineno)
+        answers = [span for obj in answer_objects for span in obj["spans"]]
+        if not answers or not all(isinstance(a, str) for a in answers):
+            raise ValueError(f"{path}: line {lineno}: field 'answers_objects': expected string answer spans")
+        gold_ids, gold_titles = [], []
+        contexts = _records(_field(row, "contexts", path, lineno, list), "contexts",
+                            {"title": str, "paragraph_text": str}, path, lineno)
+        for ctx in contexts:
+            key = (ctx["title"], ctx["paragraph_text"])
+            if key not in ids_by_key:
+                ids_by_key[key] = f"hp-{len(passages)}"
+                passages.append(Passage(ids_by_key[key], ctx["title"], ctx["paragraph_text"]))
+            if ctx.get("is_supporting"):
+                gold_ids.append(ids_by_key[key])
+                gold_titles.append(ctx["title"])
+        items.append(
+            QAItem(
+                id=str(_field(row, "question_id", path, lineno, (str, int))),
+                question=_field(row, "question_text", path, lineno, str).strip(),
+                golden_answers=tuple(answers),
+                data_source="hotpotqa_distractor",
+                gold_passage_ids=tuple(gold_ids),
+                gold_titles=tuple(gold_titles),
             )
+        )
     return items, passages
 
 
