@@ -8,13 +8,13 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pin the CPU torch wheel before anything else can pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[train,dev,scale]"
+	$(PIP) install -q -e ".[train,dev,scale,dense,server]"
 	touch $@
 
 install: $(VENV)/.installed
