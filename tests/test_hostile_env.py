@@ -228,3 +228,15 @@ def test_env_observation_layout_option(toy_items):
     assert obs == format_observation(SEARCH_R1_PASSAGES, "tag", "search-r1") and obs in env.observation_space
     assert env.spawn().observation_layout == "search-r1"
     assert SearchQAEnv(toy_items, retriever=KeywordRetriever(SEARCH_R1_PASSAGES)).observation_layout == "igpo"
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"num_docs": 200.5}, "num_docs must be an integer"),  # int() would silently build another world
+    ({"num_questions": True}, "num_questions must be an integer"),
+    ({"hard_queries": "false"}, "hard_queries must be a bool"),  # bool("false") is True
+    ({"hops": 1.5}, "hops must be in"),
+    ({"hops": [1, True]}, "hops must be in"),
+])
+def test_synthetic_task_arguments_are_not_coerced(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        gym.make("igpo/SynthMultiHop-v0", **{"num_docs": 200, **kwargs})

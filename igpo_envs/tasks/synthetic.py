@@ -98,8 +98,9 @@ class SyntheticWorld:
                 chains of ``hops`` relations.
         """
         fixed = _check_paths(paths)
-        hop_choices = [int(h) for h in ([hops] if np.isscalar(hops) else hops)]
-        if not hop_choices or any(not 1 <= h <= MAX_HOPS for h in hop_choices):
+        hop_choices = list([hops] if np.isscalar(hops) else hops)
+        if not hop_choices or any(isinstance(h, (bool, np.bool_)) or not isinstance(h, (int, np.integer))
+                                  or not 1 <= h <= MAX_HOPS for h in hop_choices):
             raise ValueError(f"hops must be in [1, {MAX_HOPS}] (or a non-empty list of such), got {hops!r}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -312,12 +313,18 @@ def make_synth_env(
         paths: fixed relation chains to ask about instead of random ones, e.g. ``[["director", "birthplace"]]``.
         **env_kwargs: passed to `SearchQAEnv` (``protocol``, ``topk``, ``max_turns``, ``format_penalty``, ...).
     """
-    from igpo_envs.env import SearchQAEnv
+    from igpo_envs.env import SearchQAEnv, _integer
 
     if isinstance(hops, list):
         hops = tuple(hops)
-    world = get_world(int(num_docs), int(distractors), int(seed))
-    questions = world.questions(int(num_questions), hops=hops, seed=int(question_seed), split=split,
+    # No silent coercions: int(2.5) would build another world, bool("false") is True.
+    num_docs, distractors, seed = (_integer(name, value) for name, value in
+                                   (("num_docs", num_docs), ("distractors", distractors), ("seed", seed)))
+    num_questions, question_seed = _integer("num_questions", num_questions), _integer("question_seed", question_seed)
+    if not isinstance(hard_queries, (bool, np.bool_)):
+        raise TypeError(f"hard_queries must be a bool, got {hard_queries!r}")
+    world = get_world(num_docs, distractors, seed)
+    questions = world.questions(num_questions, hops=hops, seed=question_seed, split=split,
                                 hard_queries=bool(hard_queries), paths=paths)
-    retriever = get_retriever(int(num_docs), int(distractors), int(seed), None if cache_dir is None else str(cache_dir))
+    retriever = get_retriever(num_docs, distractors, seed, None if cache_dir is None else str(cache_dir))
     return SearchQAEnv(questions=questions, retriever=retriever, **env_kwargs)
