@@ -287,7 +287,8 @@ def test_from_passages_is_cached_and_cache_dir_env_var(tmp_path, monkeypatch):
 def test_broken_cache_directory_is_rebuilt(tmp_path):
     first = BM25Retriever.from_passages(SMALL, cache_dir=tmp_path)
     (first.index_dir / "igpo_index.json").unlink()  # e.g. an interrupted or foreign directory
-    second = BM25Retriever.from_passages(SMALL, cache_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="no igpo_index.json"):
+        second = BM25Retriever.from_passages(SMALL, cache_dir=tmp_path)
     assert not second.loaded_from_cache
     assert second.search(["Uppsala city"], 1)[0][0].id == "d"
     assert BM25Retriever.from_passages(SMALL, cache_dir=tmp_path).loaded_from_cache
@@ -309,6 +310,81 @@ def test_build_index_and_open_a_prebuilt_directory(tmp_path):
         BM25Retriever.from_index_dir(tmp_path / "idx", content_hash="other")
     with pytest.raises(IndexManifestError, match="not found"):
         BM25Retriever.from_index_dir(tmp_path)
+
+
+def _damage(path: Path, how: str) -> None:
+    import numpy as np
+
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "delete":
+        path.unlink()
+    elif how == "garble":
+        path.write_bytes(bytes((b * 31 + 7) % 256 for b in data))
+    elif how == "edit":  # the same size, still parseable: the damage only shows in the results
+        if path.suffix == ".npy":
+            values = np.load(path)
+            np.save(path, values[::-1].copy())
+        else:
+            text = bytearray(data)
+            i = text.rindex(b"e")  # a letter in the text (or a key): same length, still valid
+            text[i : i + 1] = b"o"
+            path.write_bytes(bytes(text))
+
+
+CACHE_FILES = ["data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json",
+               "params.index.json", "passages.arrow"]
+CACHE_QUERIES = ["Evan Morris lobbyist", "Horatio Hale ethnologist", "Absalon Valdemar", "television series",
+                 "Twycross Zoo chimpanzees", "American football coach"]
+
+
+@pytest.fixture(scope="module")
+def sample_200(tmp_path_factory):
+    corpus = write_jsonl(tmp_path_factory.mktemp("c") / "c.jsonl",
+                         [{"id": p.id, "contents": p.contents} for p in list(iter_passages(SAMPLE))[:200]])
+    reference = BM25Retriever(corpus, cache_dir=tmp_path_factory.mktemp("ref"))
+    return corpus, reference.search(CACHE_QUERIES, 5)
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete", "garble", "edit"])
+@pytest.mark.parametrize("name", CACHE_FILES)
+def test_damaged_cache_file_is_rebuilt_with_a_warning(tmp_path, sample_200, name, how):
+    """Any damaged file crashed every later start with raw library errors, or (edited) gave silently wrong results."""
+    corpus, expected = sample_200
+    first = BM25Retriever(corpus, cache_dir=tmp_path)
+    _damage(first.index_dir / name, how)
+    with pytest.warns(RuntimeWarning, match=f"{first.index_dir}.*unusable.*{name}.*rebuilding"):
+        again = BM25Retriever(corpus, cache_dir=tmp_path)
+    assert not again.loaded_from_cache and again.search(CACHE_QUERIES, 5) == expected
+    assert BM25Retriever(corpus, cache_dir=tmp_path).loaded_from_cache  # healed
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{not utf-8", b"{", b"[]", b'{"format": 1, "engine": "bm25s", '
+                                     b'"corpus_sha256": 7, "num_docs": 4}', b"\x00" * 100])
+def test_garbled_manifest_counts_as_corrupt(tmp_path, content):
+    first = BM25Retriever.from_passages(SMALL, cache_dir=tmp_path)
+    (first.index_dir / "igpo_index.json").write_bytes(content)
+    with pytest.warns(RuntimeWarning, match="igpo_index.json"):
+        again = BM25Retriever.from_passages(SMALL, cache_dir=tmp_path)
+    assert again.search(["Uppsala city"], 1)[0][0].id == "d"
+
+
+def test_out_of_range_doc_id_in_a_prebuilt_index_is_an_error_not_a_crash(tmp_path):
+    import numpy as np
+
+    from igpo_envs.search.bm25 import build_index
+    from igpo_envs.search.manifest import IndexManifestError
+
+    build_index(iter(SMALL), tmp_path / "idx", content_hash="abc", source="small")
+    indices = np.load(tmp_path / "idx" / "indices.csc.index.npy")
+    indices[0] = 10**6  # same size: only the content check or the structure check can see it
+    np.save(tmp_path / "idx" / "indices.csc.index.npy", indices)
+    with pytest.raises(IndexManifestError, match="documents outside 0..3"):
+        BM25Retriever.from_index_dir(tmp_path / "idx")
+    (tmp_path / "idx" / "passages.arrow").write_bytes(b"short")
+    with pytest.raises(IndexManifestError, match="passages.arrow: 5 bytes"):
+        BM25Retriever.from_index_dir(tmp_path / "idx")
 
 
 # -- make_retriever ---------------------------------------------------------------------------------------------------

@@ -144,3 +144,70 @@ def test_refuses_a_corpus_hash_it_was_not_built_from(tantivy_dir):
 def test_refuses_to_build_over_an_existing_index(tantivy_dir, passages):
     with pytest.raises(FileExistsError, match="already holds an index"):
         build_tantivy_index(iter(passages[:3]), tantivy_dir, corpus_sha256="x")
+
+
+# -- the auto-cache (retriever="tantivy", corpus=...) heals itself; envs over it pickle --------------------------------
+
+
+def _tantivy_cache(tmp_path, monkeypatch):
+    from igpo_envs.search import make_retriever
+
+    monkeypatch.setenv("IGPO_CACHE_DIR", str(tmp_path))
+    return make_retriever(corpus=SAMPLE, retriever="tantivy")
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete", "garble", "edit"])
+def test_damaged_auto_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, how):
+    first = _tantivy_cache(tmp_path, monkeypatch)
+    expected = first.search(["Evan Morris lobbyist", "Horatio Hale ethnologist"], 5)
+    index_dir = first.index_dir
+    del first  # unmapped before its files change under it
+    files = sorted(read_manifest(index_dir).files)
+    segment = next(name for name in files if name.endswith(".store"))  # stored passages: a corrupt store crashed
+    path = index_dir / segment
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "delete":
+        path.unlink()
+    elif how == "garble":
+        path.write_bytes(bytes(255 - b for b in data))
+    else:  # same size, one byte flipped
+        path.write_bytes(data[:-20] + bytes([data[-20] ^ 1]) + data[-19:])
+    with pytest.warns(RuntimeWarning, match=f"index cache .*tantivy-.* is unusable .*{segment}"):
+        again = _tantivy_cache(tmp_path, monkeypatch)
+    got = again.search(["Evan Morris lobbyist", "Horatio Hale ethnologist"], 5)
+    # tantivy's indexing threads split documents over segments differently per build: compare up to tied ranks
+    assert [sorted((p.id, round(p.score, 4)) for p in hits) for hits in got] == \
+        [sorted((p.id, round(p.score, 4)) for p in hits) for hits in expected]
+
+
+def test_auto_cache_with_a_non_utf8_manifest_is_rebuilt(tmp_path, monkeypatch):
+    first = _tantivy_cache(tmp_path, monkeypatch)
+    (first.index_dir / "igpo_index.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.warns(RuntimeWarning, match="UnicodeDecodeError"):
+        again = _tantivy_cache(tmp_path, monkeypatch)
+    assert again.search(["Evan Morris"], 1)[0][0].id == "0"
+
+
+def test_prebuilt_index_with_a_truncated_file_is_a_clear_error(tmp_path, passages):
+    out = tmp_path / "idx"
+    build_tantivy_index(iter(passages[:50]), out, corpus_sha256="x")
+    victim = out / sorted(read_manifest(out).files)[-1]
+    victim.write_bytes(victim.read_bytes()[:3])
+    with pytest.raises(IndexManifestError, match=f"{victim.name}: 3 bytes"):
+        TantivyRetriever(out)
+
+
+def test_env_over_tantivy_pickles_and_deep_copies(tmp_path, monkeypatch):
+    import copy
+    import pickle
+
+    import gymnasium as gym
+
+    monkeypatch.setenv("IGPO_CACHE_DIR", str(tmp_path))
+    env = gym.make("igpo/NQ-v0", corpus=str(SAMPLE), retriever="tantivy")
+    for clone in (pickle.loads(pickle.dumps(env)), copy.deepcopy(env)):
+        retriever = clone.unwrapped.retriever
+        assert isinstance(retriever, TantivyRetriever) and retriever.content_hash == file_content_hash(SAMPLE)
+        assert retriever.search(["Evan Morris"], 1) == env.unwrapped.retriever.search(["Evan Morris"], 1)

@@ -3,7 +3,9 @@
 The first construction for a corpus tokenizes it (English stopwords, Snowball stemming via PyStemmer), builds the
 bm25s index and saves it, together with the passages as an Arrow file, under ``$IGPO_CACHE_DIR/indexes`` (default
 ``~/.cache/igpo/indexes``) in a directory named by the corpus content hash and the BM25 parameters. Every later
-construction for the same content memory-maps that directory instead of rebuilding.
+construction for the same content memory-maps that directory instead of rebuilding. The manifest records a checksum of
+every cached file; a cache that is missing a file, truncated, edited or garbled is rebuilt with a warning, never
+trusted (an edited doc id could otherwise crash numba's kernels, edited scores silently change results).
 
 Importing this module also gives bm25s's numba kernels an on-disk compile cache (see ``_install_cached_kernels``).
 """
@@ -17,6 +19,7 @@ import os
 import shutil
 import threading
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -27,7 +30,13 @@ import Stemmer
 from bm25s.tokenization import Tokenizer
 
 from igpo_envs.search.corpus import file_content_hash, iter_passages, passages_content_hash
-from igpo_envs.search.manifest import IndexManifest, IndexManifestError, read_manifest, write_manifest
+from igpo_envs.search.manifest import (
+    MANIFEST_NAME,
+    IndexManifest,
+    IndexManifestError,
+    read_manifest,
+    write_manifest,
+)
 from igpo_envs.types import Passage
 
 __all__ = ["BM25Retriever", "build_index", "default_cache_dir", "index_parameters"]
@@ -36,7 +45,7 @@ _STOPWORDS = "en"
 _STEMMER_LANGUAGE = "english"
 _PASSAGES_FILE = "passages.arrow"
 # Bump when the on-disk layout or the tokenization changes, so stale caches are rebuilt, not misread.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: the manifest holds file checksums
 
 
 def default_cache_dir() -> Path:
@@ -188,6 +197,25 @@ def build_index(
     return manifest
 
 
+def _check_structure(model: bm25s.BM25, num_passages: int, index_dir: Path) -> None:
+    """Refuse a score matrix that points outside the passages: numba's kernels index without bounds checks, so an
+    out-of-range document id would crash the process instead of raising."""
+    scores = model.scores
+    indptr, indices = np.asarray(scores["indptr"]), np.asarray(scores["indices"])
+    problem = None
+    if scores.get("num_docs") != num_passages:
+        problem = f"it scores {scores.get('num_docs')} documents but {_PASSAGES_FILE} holds {num_passages}"
+    elif indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(indices) \
+            or len(indices) != len(scores["data"]) or np.any(np.diff(indptr) < 0):
+        problem = "its sparse score matrix is inconsistent"
+    elif len(indices) and (indices.min() < 0 or indices.max() >= num_passages):
+        problem = f"it refers to documents outside 0..{num_passages - 1}"
+    elif model.vocab_dict and max(model.vocab_dict.values()) >= len(indptr) - 1:
+        problem = "its vocabulary refers to terms outside the score matrix"
+    if problem:
+        raise IndexManifestError(f"{index_dir}: damaged bm25s index: {problem}; rebuild it")
+
+
 def _read_passage_table(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()  # zero-copy view of the mmapped file
 
@@ -284,6 +312,8 @@ class BM25Retriever:
             raise IndexManifestError(f"{index_dir} holds a {manifest.engine} index, not a bm25s one")
         if content_hash is not None:
             manifest.check_corpus(content_hash, index_dir=index_dir)
+        if manifest.files:  # sizes only: hashing a large prebuilt index at every open would cost seconds
+            manifest.verify_files(index_dir, full=False)
         self = cls.__new__(cls)
         self.content_hash = manifest.corpus_sha256
         self.n_threads = _default_threads(n_threads)
@@ -302,18 +332,32 @@ class BM25Retriever:
         cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.index_dir: Path = cache_root / f"bm25s-{content_hash[:24]}-{params_key[:8]}"
 
-        self.loaded_from_cache = self._cache_is_valid()
-        if not self.loaded_from_cache:
+        problem = self._cache_problem()
+        self.loaded_from_cache = problem is None
+        if problem is not None:
+            if self.index_dir.exists():
+                warnings.warn(f"BM25 index cache {self.index_dir} is unusable ({problem}); rebuilding it",
+                              RuntimeWarning, stacklevel=3)
             self._build(passages(), source, cache_root, k1=k1, b=b, method=method)
         self._load()
 
-    def _cache_is_valid(self) -> bool:
+    def _cache_problem(self, *, full: bool = True) -> str | None:
+        """Why the cached index cannot be used (None if it can): no manifest, another corpus or engine, or a file
+        that differs from its checksum (``full``) or size at build time."""
+        if not (self.index_dir / MANIFEST_NAME).is_file():
+            return f"no {MANIFEST_NAME}"
         try:
             manifest = read_manifest(self.index_dir)
             manifest.check_corpus(self.content_hash, index_dir=self.index_dir)
-        except IndexManifestError:
-            return False
-        return manifest.engine == "bm25s" and (self.index_dir / _PASSAGES_FILE).is_file()
+            if manifest.engine != "bm25s":
+                return f"it holds a {manifest.engine} index"
+            manifest.verify_files(self.index_dir, full=full)
+        except IndexManifestError as exc:
+            return str(exc)
+        return None
+
+    def _cache_is_valid(self, *, full: bool = True) -> bool:
+        return self._cache_problem(full=full) is None
 
     def _build(self, passages: Iterable[Passage], source: str, cache_root: Path, **params) -> None:
         # Build in a private directory and rename it into place, so a crash or a concurrent builder never leaves
@@ -334,9 +378,14 @@ class BM25Retriever:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _load(self) -> None:
-        self._bm25 = bm25s.BM25.load(str(self.index_dir), mmap=True, load_corpus=False, show_progress=False)
+        try:
+            self._bm25 = bm25s.BM25.load(str(self.index_dir), mmap=True, load_corpus=False, show_progress=False)
+            table = _read_passage_table(self.index_dir / _PASSAGES_FILE)
+        except Exception as exc:  # noqa: BLE001 - any library error on a damaged file: say which index, not how
+            raise IndexManifestError(f"{self.index_dir}: cannot load the bm25s index ({type(exc).__name__}: "
+                                     f"{exc}); rebuild it") from exc
         self._bm25.backend = "numba"
-        table = _read_passage_table(self.index_dir / _PASSAGES_FILE)
+        _check_structure(self._bm25, table.num_rows, self.index_dir)
         self._columns = [table.column(name).chunks for name in ("id", "title", "text")]
         self._chunk_starts = np.cumsum([0] + [len(c) for c in self._columns[0][:-1]])
         self.num_passages: int = table.num_rows
@@ -353,7 +402,7 @@ class BM25Retriever:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        if not self._cache_is_valid():
+        if not self._cache_is_valid(full=False):  # the pickling process verified the content
             raise FileNotFoundError(f"BM25 index {self.index_dir} (content hash {self.content_hash}) is gone; "
                                     f"it must stay on disk while pickled retrievers use it")
         self._load()

@@ -44,6 +44,9 @@ class IndexManifest:
     parameters: dict[str, Any] = field(default_factory=dict)
     #: Dense indexes only: the encoder that embedded the passages (name, dim, pooling, prefixes, weights_sha256, ...).
     encoder: dict[str, Any] = field(default_factory=dict)
+    #: Every file of the index directory at build time: ``{relative path: {"sha256": hex, "bytes": size}}``
+    #: (filled by :func:`write_manifest`; :meth:`verify_files` compares the directory with it).
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     corpus_path: str = ""
     created: str = ""
     igpo_version: str = ""
@@ -80,7 +83,67 @@ class IndexManifest:
             )
 
 
+    def verify_files(self, index_dir: str | Path, *, full: bool = True) -> None:
+        """Raise :class:`IndexManifestError` naming the first file of ``index_dir`` that is missing, has another
+        size or (with ``full``) other content than at build time. A manifest without checksums cannot be verified."""
+        if not self.files:
+            raise IndexManifestError(f"{index_dir}: the manifest records no file checksums (built by an older igpo)")
+        for name, recorded in sorted(self.files.items()):
+            path = Path(index_dir) / name
+            if not path.is_file():
+                raise IndexManifestError(f"{path}: missing (the index is damaged)")
+            size = path.stat().st_size
+            if size != recorded.get("bytes"):
+                raise IndexManifestError(f"{path}: {size} bytes, {recorded.get('bytes')} at build time (truncated or "
+                                         f"rewritten)")
+            if full and _sha256(path) != recorded.get("sha256"):
+                raise IndexManifestError(f"{path}: content differs from its checksum at build time (edited or "
+                                         f"corrupted)")
+
+
+def index_is_intact(index_dir: str | Path) -> bool:
+    """True if ``index_dir`` holds an index whose files all match their build-time checksums.
+
+    For self-healing caches: an absent directory is False; a damaged one (unreadable manifest, a missing, truncated,
+    edited or garbled file, no checksums) gets a `RuntimeWarning` naming it and why, and is removed so the caller
+    rebuilds it.
+    """
+    import shutil
+    import warnings
+
+    index_dir = Path(index_dir)
+    if not index_dir.exists():
+        return False
+    try:
+        read_manifest(index_dir).verify_files(index_dir)
+        return True
+    except IndexManifestError as exc:
+        warnings.warn(f"index cache {index_dir} is unusable ({exc}); rebuilding it", RuntimeWarning, stacklevel=2)
+        shutil.rmtree(index_dir, ignore_errors=True)
+        return False
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _index_files(index_dir: Path) -> list[Path]:
+    """The files an index consists of: all but the manifest and tantivy's lock files (created by readers)."""
+    return sorted(p for p in index_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
+                  and not (p.name.startswith(".tantivy-") and p.name.endswith(".lock")))
+
+
 def write_manifest(index_dir: str | Path, manifest: IndexManifest) -> Path:
+    """Write the manifest last, with the checksum of every file already in ``index_dir``."""
+    if not manifest.files:
+        manifest.files = {p.relative_to(index_dir).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                          for p in _index_files(Path(index_dir))}
     path = Path(index_dir) / MANIFEST_NAME
     path.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
     return path
@@ -94,9 +157,11 @@ def read_manifest(index_dir: str | Path) -> IndexManifest:
             f"{path} not found: {index_dir} is not an index built by `igpo-index build` (or the build did not finish)"
         )
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise IndexManifestError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise IndexManifestError(f"{path}: not a readable manifest ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict):
         raise IndexManifestError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != MANIFEST_FORMAT:
@@ -104,5 +169,11 @@ def read_manifest(index_dir: str | Path) -> IndexManifest:
     missing = [k for k in ("engine", "corpus_sha256", "num_docs") if k not in data]
     if missing:
         raise IndexManifestError(f"{path}: missing field(s) {', '.join(missing)}")
+    for name, kind in (("corpus_sha256", str), ("num_docs", int), ("parameters", dict), ("encoder", dict),
+                       ("files", dict), ("corpus_path", str)):
+        if name in data and (not isinstance(data[name], kind) or isinstance(data[name], bool)):
+            raise IndexManifestError(f"{path}: field {name!r} must be a {kind.__name__}, got {data[name]!r:.80}")
+    if any(not isinstance(v, dict) for v in data.get("files", {}).values()):
+        raise IndexManifestError(f"{path}: field 'files' must map file names to {{'sha256', 'bytes'}}")
     known = {k: data[k] for k in IndexManifest.__dataclass_fields__ if k in data}
     return IndexManifest(**known)

@@ -149,20 +149,33 @@ class TantivyRetriever:
             raise IndexManifestError(f"{self.index_dir} holds a {self.manifest.engine!r} index, not a tantivy one")
         if corpus_sha256 is not None:
             self.manifest.check_corpus(corpus_sha256, index_dir=self.index_dir)
+        if self.manifest.files:  # sizes only (cheap); caches are checked in full by manifest.index_is_intact
+            self.manifest.verify_files(self.index_dir, full=False)
         self.content_hash: str = self.manifest.corpus_sha256
         stopwords = self.manifest.parameters.get("stopwords")
         self._analyzer = build_analyzer(stopwords, self.manifest.parameters.get("stemmer", "english"))
         # Index.open memory-maps the segment files; no writer is ever created, so the index is only read.
-        self._index = tantivy.Index.open(str(self.index_dir / TANTIVY_SUBDIR))
-        self._index.register_tokenizer(ANALYZER_NAME, self._analyzer)
-        self._schema = self._index.schema
-        self._searcher = self._index.searcher()
+        try:
+            self._index = tantivy.Index.open(str(self.index_dir / TANTIVY_SUBDIR))
+            self._index.register_tokenizer(ANALYZER_NAME, self._analyzer)
+            self._schema = self._index.schema
+            self._searcher = self._index.searcher()
+        except ValueError as exc:  # tantivy's errors on damaged segment files
+            raise IndexManifestError(f"{self.index_dir}: cannot open the tantivy index ({exc}); rebuild it") from exc
         self.num_passages: int = self._searcher.num_docs
         self.num_threads = max(1, int(num_threads))
         self._pool = ThreadPoolExecutor(self.num_threads) if self.num_threads > 1 else None
 
     def __len__(self) -> int:
         return self._searcher.num_docs
+
+    def __getstate__(self) -> dict[str, Any]:
+        # By reference to the on-disk index (tantivy's Index and searcher cannot be pickled): pickle, deepcopy and
+        # spawned vector-env workers re-open it.
+        return {"index_dir": str(self.index_dir), "corpus_sha256": self.content_hash, "num_threads": self.num_threads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["index_dir"], corpus_sha256=state["corpus_sha256"], num_threads=state["num_threads"])
 
     def query_terms(self, query: str) -> list[str]:
         """The index terms a query searches for (after splitting, lowercasing, stopwords and stemming)."""
