@@ -1,9 +1,11 @@
 """The browse tool and the web search backends against real HTTP servers on 127.0.0.1."""
 
 import json
+import os
 import sqlite3
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -249,6 +251,77 @@ def test_cache_hit_and_expiry(searxng, tmp_path):
     # a new retriever on the same file reuses it (a disk cache, not a memory one)
     SearXNGRetriever(searxng.url(""), cache=WebCache(cache.path)).search(["Dark Orbit"], 3)
     assert len(searxng.requests) == 3
+
+
+@pytest.mark.parametrize("content", [b"not a database " * 100, b"SQLite format 3\x00" + b"\xff" * 4000])
+def test_corrupt_cache_file_is_moved_aside_and_rebuilt(searxng, tmp_path, content):
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(content)  # raised a raw sqlite3.DatabaseError without the path
+    with pytest.warns(RuntimeWarning, match=f"{path} is corrupt .*moved it to {path}.corrupt-"):
+        retriever = SearXNGRetriever(searxng.url(""), cache=WebCache(path))
+    first = retriever.search(["Dark Orbit"], 3)
+    assert retriever.search(["Dark Orbit"], 3) == first and len(searxng.requests) == 1  # the new cache works
+    [aside] = tmp_path.glob("c.sqlite.corrupt-*")
+    assert aside.read_bytes() == content  # kept for inspection, not deleted
+
+
+def test_foreign_sqlite_file_is_moved_aside(tmp_path):
+    path = tmp_path / "c.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE answers (something TEXT)")  # the name, not the columns
+    with pytest.warns(RuntimeWarning, match="is corrupt"):
+        cache = WebCache(path)
+    cache.put("k", [1])
+    assert cache.get("k") == [1]
+
+
+def test_unreadable_cache_entries_are_fetched_again(searxng, tmp_path):
+    cache = WebCache(tmp_path / "c.sqlite")
+    retriever = SearXNGRetriever(searxng.url(""), cache=cache)
+    first = retriever.search(["Dark Orbit"], 3)
+    for created, value in [("yesterday", "[]"), (0, "{not json"), (float("inf"), '{"id": 1}'),
+                           (float("inf"), '[{"id": 1, "title": "t", "text": "x", "score": 0}]'), (float("inf"), "7")]:
+        with sqlite3.connect(cache.path) as db:  # raised raw JSON/TypeErrors
+            db.execute("UPDATE answers SET created = ?, value = ?", (created, value))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # warned when the entry is unreadable; expired is silent
+            assert retriever.search(["Dark Orbit"], 3) == first
+    assert len(searxng.requests) == 6  # each bad entry was fetched again (and overwritten)
+    assert retriever.search(["Dark Orbit"], 3) == first and len(searxng.requests) == 6
+
+
+def test_read_only_cache_runs_uncached_with_a_warning(searxng, tmp_path, monkeypatch):
+    path = tmp_path / "c.sqlite"
+    WebCache(path).put("k", [1])
+    # a read-only file (as root, chmod would not stop the writes: open it read-only instead)
+    monkeypatch.setattr(WebCache, "_connect", lambda self: sqlite3.connect(f"file:{self.path}?mode=ro", uri=True))
+    cache = WebCache(path)
+    assert cache.get("k") == [1]  # reading still works
+    with pytest.warns(RuntimeWarning, match=f"{path} cannot be used .*readonly.*without a cache"):
+        SearXNGRetriever(searxng.url(""), cache=cache).search(["Dark Orbit"], 3)
+    assert not cache.enabled
+    SearXNGRetriever(searxng.url(""), cache=cache).search(["Dark Orbit"], 3)
+    assert len(searxng.requests) == 2
+
+
+def test_unwritable_cache_directory_runs_uncached_with_a_warning(searxng, tmp_path):
+    (tmp_path / "file").write_text("a file where the cache directory should be")
+    with pytest.warns(RuntimeWarning, match="cannot be used .*without a cache"):
+        cache = WebCache(tmp_path / "file" / "web" / "c.sqlite")
+    assert SearXNGRetriever(searxng.url(""), cache=cache).search(["Dark Orbit"], 3)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_read_only_directory_by_permissions(searxng, tmp_path):
+    WebCache(tmp_path / "c.sqlite").put("k", [1])
+    tmp_path.chmod(0o555)
+    (tmp_path / "c.sqlite").chmod(0o444)
+    try:
+        with pytest.warns(RuntimeWarning, match="without a cache"):
+            cache = WebCache(tmp_path / "c.sqlite")
+            SearXNGRetriever(searxng.url(""), cache=cache).search(["Dark Orbit"], 3)
+    finally:
+        tmp_path.chmod(0o755)
 
 
 def test_default_cache_location(monkeypatch, tmp_path):

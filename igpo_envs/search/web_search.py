@@ -10,12 +10,14 @@ A batch of queries is answered concurrently by a small thread pool.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,34 +39,104 @@ def default_cache_dir() -> Path:
 
 
 class WebCache:
-    """A sqlite cache of search answers, keyed by a hash of (backend, endpoint, query, topk), with expiry."""
+    """A sqlite cache of search answers, keyed by a hash of (backend, endpoint, query, topk), with expiry.
+
+    A cache never stops a search: a corrupt file (or one that is not this cache's) is moved aside to
+    ``<name>.corrupt-<time>`` and started afresh, an unreadable entry is fetched again, and a file or directory that
+    cannot be written makes the searches run uncached; each with a `RuntimeWarning` naming the file.
+    """
 
     def __init__(self, path: str | Path | None = None, ttl: float = DEFAULT_CACHE_TTL):
         self.path = Path(path) if path is not None else default_cache_dir() / "search.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl = ttl
+        self.enabled = True
         self._lock = threading.Lock()
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, created REAL, value TEXT)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._disable(exc)
+            return
+        self._run(lambda db: db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, created REAL, value TEXT)"))
+        self._run(lambda db: db.execute("SELECT key, created, value FROM answers LIMIT 1").fetchall())
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
+
+    def _run(self, operation: Any) -> Any:
+        """``operation(db)`` in a transaction on a fresh connection; None if the cache is (or becomes) unusable."""
+        if not self.enabled:
+            return None
+        try:
+            with self._lock, contextlib.closing(self._connect()) as db, db:
+                return operation(db)
+        except sqlite3.OperationalError as exc:
+            message = str(exc).lower()
+            if "no such table" in message or "no such column" in message or "has no column" in message:
+                self._move_aside(exc)  # a sqlite file, but not this cache's
+            elif "locked" in message or "busy" in message:
+                warnings.warn(f"web search cache {self.path} is busy ({exc}); this search is not cached",
+                              RuntimeWarning, stacklevel=3)
+            else:  # read-only file or directory, no space, I/O error
+                self._disable(exc)
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            self._move_aside(exc)
+        except OSError as exc:
+            self._disable(exc)
+        return None
+
+    def _disable(self, exc: Exception) -> None:
+        self.enabled = False
+        warnings.warn(f"web search cache {self.path} cannot be used ({type(exc).__name__}: {exc}); searching "
+                      f"without a cache", RuntimeWarning, stacklevel=4)
+
+    def _move_aside(self, exc: Exception) -> None:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            for suffix in ("-journal", "-wal", "-shm"):
+                companion = self.path.with_name(self.path.name + suffix)
+                if companion.exists():
+                    os.replace(companion, aside.with_name(aside.name + suffix))
+            os.replace(self.path, aside)
+        except OSError as move_error:
+            self._disable(move_error)
+            return
+        warnings.warn(f"web search cache {self.path} is corrupt ({exc}); moved it to {aside} and started a new one",
+                      RuntimeWarning, stacklevel=4)
+        self._run(lambda db: db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, created REAL, value TEXT)"))
 
     @staticmethod
     def key(*parts: Any) -> str:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> Any | None:
-        """The cached value, or None if absent or older than ``ttl`` seconds."""
-        with self._lock, self._connect() as db:
-            row = db.execute("SELECT created, value FROM answers WHERE key = ?", (key,)).fetchone()
-        if row is None or time.time() - row[0] > self.ttl:
+        """The cached value, or None if absent, older than ``ttl`` seconds or unreadable."""
+        row = self._run(lambda db: db.execute("SELECT created, value FROM answers WHERE key = ?", (key,)).fetchone())
+        if row is None:
             return None
-        return json.loads(row[1])
+        created, value = row
+        try:
+            if time.time() - float(created) > self.ttl:
+                return None
+            return json.loads(value)
+        except (TypeError, ValueError, RecursionError) as exc:
+            warnings.warn(f"web search cache {self.path}: entry {key[:12]}… is unreadable ({type(exc).__name__}); "
+                          f"searching again", RuntimeWarning, stacklevel=2)
+            return None
 
     def put(self, key: str, value: Any) -> None:
-        with self._lock, self._connect() as db:
-            db.execute("REPLACE INTO answers VALUES (?, ?, ?)", (key, time.time(), json.dumps(value)))
+        self._run(lambda db: db.execute("REPLACE INTO answers VALUES (?, ?, ?)", (key, time.time(), json.dumps(value))))
+
+
+def _cached_passages(hit: Any) -> list[Passage] | None:
+    """The passages of a cache entry, or None if it is not a list of passage records (then search again)."""
+    try:
+        passages = [Passage(**p) for p in hit]
+    except TypeError:
+        return None
+    fields_ok = all(isinstance(x, str) for p in passages for x in (p.id, p.title, p.text))
+    return passages if fields_ok and all(isinstance(p.score, (int, float)) for p in passages) else None
 
 
 class WebSearchRetriever:
@@ -114,7 +186,11 @@ class WebSearchRetriever:
     def _search_one(self, query: str, topk: int) -> list[Passage]:
         key = WebCache.key(self.name, self.endpoint, query, topk)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            return [Passage(**p) for p in hit]
+            passages = _cached_passages(hit)
+            if passages is not None:
+                return passages
+            warnings.warn(f"web search cache {self.cache.path}: the entry for {query!r} is not a list of passages; "
+                          f"searching again", RuntimeWarning, stacklevel=3)
         try:
             response = self._request(query, topk)
         except requests.RequestException as exc:
