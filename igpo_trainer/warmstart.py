@@ -161,8 +161,13 @@ def demonstrations(env, tokenizer, num: int, *, naive_share: float = 0.5, recove
 
 def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples: int = 2000, epochs: float = 2.0,
                learning_rate: float = 1e-3, batch_size: int = 32, naive_share: float = 0.5,
-               recover_share: float = 0.3, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+               recover_share: float = 0.3, seed: int = 0, progress: bool = True,
+               examples: Sequence[dict] | None = None, warmup_steps: int = 10) -> dict[str, Any]:
     """SFT ``model_dir`` on scripted demonstrations of ``env`` with TRL's `SFTTrainer`; save to ``out_dir``.
+
+    ``examples``: precomputed rows (``input_ids``, ``completion_mask``, tokenised with ``model_dir``'s tokenizer,
+    e.g. `igpo_trainer.demonstrations.oracle_demonstrations`) to train on instead of the synthetic world's scripted
+    plans. ``warmup_steps``: linear learning-rate warm-up.
 
     Returns a summary: demonstration stats, final training loss, seconds.
     """
@@ -174,8 +179,11 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(model_dir)
-    rows, stats = demonstrations(env, tokenizer, num_examples, naive_share=naive_share, recover_share=recover_share,
-                                 seed=seed)
+    if examples is not None:
+        rows, stats = list(examples), {}
+    else:
+        rows, stats = demonstrations(env, tokenizer, num_examples, naive_share=naive_share,
+                                     recover_share=recover_share, seed=seed)
     dataset = Dataset.from_list(rows)
     longest = max(len(r["input_ids"]) for r in rows)
     args = SFTConfig(
@@ -184,7 +192,7 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=10,
+        warmup_steps=warmup_steps,
         max_length=longest,  # never truncate a demonstration
         completion_only_loss=True,  # use our completion_mask: policy turns only, observations masked
         packing=False,
