@@ -6,7 +6,6 @@ weights still map equal texts to equal vectors, which is all these tests need to
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 import shutil
@@ -22,7 +21,7 @@ import faiss  # noqa: E402
 import gymnasium as gym  # noqa: E402
 
 import igpo_envs  # noqa: E402, F401
-from igpo_envs.search import add_engine_arguments, make_retriever, retriever_from_args  # noqa: E402
+from igpo_envs.search import make_retriever  # noqa: E402
 from igpo_envs.search.corpus import file_content_hash, load_passages  # noqa: E402
 from igpo_envs.search.dense import DenseEncoder, DenseRetriever, weights_sha256  # noqa: E402
 from igpo_envs.search.hybrid import HybridRetriever, reciprocal_rank_fusion  # noqa: E402
@@ -258,18 +257,18 @@ def test_hybrid_engine_fuses_bm25_and_dense(tmp_path, corpus, tiny_encoder, enco
     assert hybrid.search(queries, 1)[1][0].id == load_passages(corpus)[9].id  # top of both engines
 
 
-def test_engine_options_select_dense_for_a_server(built, corpus, encoder):
-    parser = argparse.ArgumentParser()
-    for flag in ("--corpus", "--index", "--cache-dir"):
-        parser.add_argument(flag)
-    parser.add_argument("--threads", type=int)
-    add_engine_arguments(parser)
-    args = parser.parse_args(["--engine", "dense", "--index", str(built), "--corpus", str(corpus)])
-    served = retriever_from_args(args)
-    assert isinstance(served, DenseRetriever)
-    assert served.search(["Genentech"], 2) == DenseRetriever(built, encoder=encoder).search(["Genentech"], 2)
-    by_manifest = retriever_from_args(parser.parse_args(["--index", str(built)]))  # engine from the manifest
-    assert isinstance(by_manifest, DenseRetriever)
+def test_igpo_retriever_serves_the_dense_engine(built, corpus, encoder, tiny_encoder, tmp_path):
+    from igpo_envs.search.server import build_parser, build_retriever
+
+    parser = build_parser()
+    by_manifest = build_retriever(parser.parse_args(["--index", str(built), "--corpus", str(corpus)]))
+    assert isinstance(by_manifest, DenseRetriever)  # a prebuilt index names its engine
+    assert by_manifest.search(["Genentech"], 2) == DenseRetriever(built, encoder=encoder).search(["Genentech"], 2)
+    served = build_retriever(parser.parse_args(["--engine", "dense", "--corpus", str(corpus), "--model",
+                                                str(tiny_encoder), "--cache-dir", str(tmp_path)]))
+    assert served.search(["Genentech"], 2) == by_manifest.search(["Genentech"], 2)
+    with pytest.raises(IndexManifestError, match="query_prefix"):
+        build_retriever(parser.parse_args(["--index", str(built), "--corpus", str(corpus), "--query-prefix", "q: "]))
 
 
 def test_dense_needs_a_model_and_a_known_index_type(corpus, tmp_path, tiny_encoder):

@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from igpo_envs.search.bm25 import BM25Retriever
     from igpo_envs.search.http import HTTPRetriever
 
-__all__ = ["ENGINES", "BM25Retriever", "HTTPRetriever", "Retriever", "RetrieverError", "add_engine_arguments",
-           "make_retriever", "retriever_from_args"]
+__all__ = ["ENGINES", "BM25Retriever", "HTTPRetriever", "Retriever", "RetrieverError", "make_retriever"]
 
 
 _SCALE_EXPORTS = {"open_index": "igpo_envs.search.index_cli", "TantivyRetriever": "igpo_envs.search.tantivy_index",
@@ -160,54 +159,6 @@ def _checked_passages(corpus: Any) -> list[Passage]:
         raise ValueError(f"corpus= must be a path or a sequence of Passage; item {bad} is "
                          f"{type(passages[bad]).__name__}")
     return passages
-
-
-def add_engine_arguments(parser) -> None:
-    """``--engine`` and the dense/hybrid options, for a command that serves one engine (``igpo-retriever``).
-
-    Read them back with :func:`retriever_from_args`. The parser is expected to define ``--corpus``, ``--index``,
-    ``--cache-dir`` and ``--threads`` itself (the ones every engine shares)."""
-    from igpo_envs.search.dense import add_dense_arguments
-
-    parser.add_argument("--engine", choices=ENGINES, default=None,
-                        help="bm25s (default; cached index of --corpus), tantivy, dense (--model; pip install "
-                             "'igpo[dense]') or hybrid (BM25 + dense, reciprocal-rank fusion); with --index, "
-                             "default: the index's own engine")
-    add_dense_arguments(parser, build=False)
-    group = parser.add_argument_group("hybrid engine")
-    group.add_argument("--faiss-index", default=None,
-                       help="dense/hybrid: a FAISS file of --corpus (e.g. Search-R1's e5_Flat.index), not re-encoded")
-    group.add_argument("--sparse", choices=("bm25s", "tantivy"), default=None, help="hybrid: the BM25 engine")
-    group.add_argument("--sparse-index", default=None, help="hybrid: a prebuilt BM25 index directory")
-    group.add_argument("--rrf-k", type=float, default=None, help="hybrid: reciprocal-rank constant (default 60)")
-
-
-def retriever_from_args(args) -> Retriever:
-    """The retriever that parsed :func:`add_engine_arguments` options (plus ``--corpus``, ``--index``,
-    ``--cache-dir``, ``--threads``) ask for, through :func:`make_retriever`."""
-    from igpo_envs.search.dense import dense_options
-
-    engine = getattr(args, "engine", None)
-    index = getattr(args, "index", None)
-    threads = getattr(args, "threads", None)
-    cache_dir = getattr(args, "cache_dir", None)
-    options: dict[str, Any] = {}
-    if engine in ("dense", "hybrid"):
-        options.update(dense_options(args))
-        for name in ("faiss_index", "sparse", "sparse_index", "rrf_k"):
-            if getattr(args, name, None) is not None:
-                options[name] = getattr(args, name)
-    if index is None and engine in (None, "bm25s"):
-        engine = "bm25s"
-        options.update(n_threads=threads, cache_dir=cache_dir)
-    else:
-        if index is None and cache_dir is not None:
-            options["cache_dir"] = cache_dir
-        if threads is not None:
-            options["num_threads"] = threads
-    if index is not None and engine is None:
-        return make_retriever(corpus=getattr(args, "corpus", None), index=index, **options)
-    return make_retriever(corpus=getattr(args, "corpus", None), retriever=engine, index=index, **options)
 
 
 def make_retriever(

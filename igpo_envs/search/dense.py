@@ -91,6 +91,14 @@ class EncoderConfig:
     device: str | None = field(default=None, metadata={"help": "torch device (None: sentence-transformers' choice)"})
 
 
+def _pooling_mode(module) -> str:
+    """A sentence-transformers Pooling module's mode ('mean', 'cls', ...), across sentence-transformers versions."""
+    mode = getattr(module, "pooling_mode", None)
+    if mode is None:  # sentence-transformers < 6
+        mode = module.get_pooling_mode_str()
+    return mode if isinstance(mode, str) else "+".join(mode)
+
+
 def _is_e5(name: str) -> bool:
     return bool(_E5_NAME.search(name.lower()))
 
@@ -148,17 +156,21 @@ class DenseEncoder:
             if pooling_index is None:
                 raise ValueError(f"encoder {self.name} has no pooling module to set pooling={config.pooling!r}")
             current = model[pooling_index]
-            if str(current.pooling_mode) != config.pooling:
-                from sentence_transformers.sentence_transformer.modules import Pooling
+            if _pooling_mode(current) != config.pooling:
+                try:
+                    from sentence_transformers.sentence_transformer.modules import Pooling
+                except ImportError:  # sentence-transformers < 6
+                    from sentence_transformers.models import Pooling
 
+                dim = getattr(current, "embedding_dimension", None) or current.word_embedding_dimension
                 modules = list(model)
-                modules[pooling_index] = Pooling(current.embedding_dimension, config.pooling,
-                                                 include_prompt=current.include_prompt)
+                modules[pooling_index] = Pooling(dim, pooling_mode=config.pooling,
+                                                 include_prompt=getattr(current, "include_prompt", True))
                 model = st.SentenceTransformer(modules=modules, device=config.device)
         if config.max_length is not None:
             model.max_seq_length = config.max_length
         self.model = model
-        self.pooling = str(model[pooling_index].pooling_mode) if pooling_index is not None else "none"
+        self.pooling = _pooling_mode(model[pooling_index]) if pooling_index is not None else "none"
         prompts = getattr(model, "prompts", None) or {}
         e5 = _is_e5(self.name)
         self.query_prefix = config.query_prefix if config.query_prefix is not None else (
@@ -232,9 +244,10 @@ def load_encoder(options: dict[str, Any]) -> tuple[DenseEncoder, dict[str, Any]]
     return DenseEncoder(EncoderConfig(**config)), rest
 
 
-def add_dense_arguments(parser, *, build: bool) -> None:
+def add_dense_arguments(parser, *, build: bool, faiss_file: bool = False) -> None:
     """The dense engine's command-line options (``igpo-index build/import-faiss``, ``igpo-retriever``); read them
-    back with :func:`dense_options`. Unset options default to the index manifest's (or the encoder's own)."""
+    back with :func:`dense_options`. Unset options default to the index manifest's (or the encoder's own).
+    ``faiss_file`` adds ``--faiss-index`` (serve a FAISS file of ``--corpus``, e.g. Search-R1's, directly)."""
     group = parser.add_argument_group("dense engine (pip install 'igpo[dense]')")
     group.add_argument("--model", default=None,
                        help="encoder: sentence-transformers folder or hub id (e.g. intfloat/e5-base-v2)"
@@ -246,6 +259,9 @@ def add_dense_arguments(parser, *, build: bool) -> None:
     group.add_argument("--batch-size", type=int, default=None, help="texts per encoder forward pass (default 64)")
     group.add_argument("--device", default=None, help="torch device for the encoder (default: auto)")
     group.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (default 64)")
+    if faiss_file:
+        group.add_argument("--faiss-index", default=None,
+                           help="a FAISS index file of --corpus (e.g. Search-R1's e5_Flat.index), used as is")
     if build:
         group.add_argument("--index-type", choices=INDEX_TYPES, default=None,
                            help="flat: exact inner product (default); hnsw: approximate, faster, more memory")
@@ -258,7 +274,7 @@ def add_dense_arguments(parser, *, build: bool) -> None:
 def dense_options(args) -> dict[str, Any]:
     """The dense options set on the command line (see :func:`add_dense_arguments`), as keyword arguments."""
     names = ("model", "pooling", "query_prefix", "passage_prefix", "max_length", "batch_size", "device", "ef_search",
-             "index_type", "shard_size", "hnsw_m", "ef_construction")
+             "index_type", "shard_size", "hnsw_m", "ef_construction", "faiss_index")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 

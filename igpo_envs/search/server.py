@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "for bm25s, 1 for tantivy)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     add_scale_arguments(parser)
+    from igpo_envs.search.dense import add_dense_arguments  # --model, prefixes, --faiss-index (dense and hybrid)
+
+    add_dense_arguments(parser, build=False, faiss_file=True)
     return parser
 
 
@@ -323,6 +326,12 @@ def build_retriever(args: argparse.Namespace) -> Retriever:
         options = {"num_threads": args.threads or 1}
     else:
         options = {}
+    if args.index is not None or args.engine in ("dense", "hybrid"):
+        from igpo_envs.search.dense import dense_options
+
+        options.update(dense_options(args))  # a BM25 index refuses them with a clear error
+        if args.index is None:
+            options["cache_dir"] = args.cache_dir
     return make_retriever(corpus=args.corpus, retriever=args.engine, index=args.index, **options)
 
 
