@@ -213,7 +213,8 @@ class SearchQAEnv(gym.Env[str, str]):
     - Answer turn: F1 (`reward_metric="f1"`) or EM (`"em"`) against the gold aliases, maximised over aliases.
     - Malformed turn (unbalanced tags, bad JSON, unknown tool, empty query, both a tool call and an answer, ...):
       `format_penalty` (default -2.0, the official IGPO value).
-    - Turn limit reached without an answer: 0.
+    - Turn limit reached without an answer: `no_answer_reward` (default: `format_penalty`, as the official IGPO code,
+      which scores a transcript without `<answer>` as a format error).
 
     ## Starting State
     A question drawn from `questions` in a seeded random order (a new permutation per pass), or the one pinned by
@@ -247,6 +248,8 @@ class SearchQAEnv(gym.Env[str, str]):
       "Paris") text</information>\n\n`; see `igpo_envs.protocol.format_passages`).
     - `topk`: passages per search (3). `max_turns`: turn limit (10, as the paper). Both integers >= 1.
     - `format_penalty`: reward of a malformed turn (-2.0, finite). `reward_metric`: `"f1"` or `"em"`.
+    - `no_answer_reward`: reward of the last turn when the turn limit ends the episode without an answer (None, the
+      default: `format_penalty`; 0.0 makes searching until the limit cheaper than a wrong answer).
     - `tools`: tools the agent may call, from `("search", "browse")`. `browser`: `browser(url) -> str` for browse.
     - `render_mode`: `"ansi"` (the transcript as a string) or `"human"` (prints it).
 
@@ -272,6 +275,7 @@ class SearchQAEnv(gym.Env[str, str]):
         render_mode: str | None = None,
         browser: Callable[[str], str] | None = None,
         retriever_kwargs: dict[str, Any] | None = None,
+        no_answer_reward: float | None = None,
         observation_layout: str = "igpo",
         data_source: str | None = None,
     ):
@@ -301,6 +305,7 @@ class SearchQAEnv(gym.Env[str, str]):
         self.max_turns = max_turns
         self.format_penalty = format_penalty
         self.observation_layout = observation_layout
+        self.no_answer_reward = self.format_penalty if no_answer_reward is None else float(no_answer_reward)
         self.reward_metric = reward_metric
         self.prompt_template = prompt_template
         self.tools = tuple(tools)
@@ -311,7 +316,7 @@ class SearchQAEnv(gym.Env[str, str]):
             _warn_no_retriever_once()
         self._init_kwargs = dict(protocol=protocol, topk=topk, max_turns=max_turns, format_penalty=format_penalty,
                                  reward_metric=reward_metric, prompt_template=prompt_template, tools=tuple(tools),
-                                 render_mode=render_mode, browser=browser,
+                                 render_mode=render_mode, browser=browser, no_answer_reward=no_answer_reward,
                                  observation_layout=observation_layout)
 
         self.observation_space = text_space(MAX_OBSERVATION_CHARS)
@@ -431,6 +436,8 @@ class SearchQAEnv(gym.Env[str, str]):
             episode.messages.append({"role": "tool" if self.protocol == "tool_call" else "user",
                                      "content": observation})
             truncated = episode.turn >= self.max_turns
+            if truncated:  # out of turns without an answer
+                reward = self.no_answer_reward
         episode.done = terminated or truncated
         info = self._info()
         info["action"] = action.as_dict()

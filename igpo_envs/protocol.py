@@ -231,6 +231,36 @@ def format_observation(passages: Sequence[Passage], protocol: str, layout: str =
     return wrap_result(format_passages(passages, layout), protocol, layout)
 
 
+#: What the official IGPO rollouts write at the start of every assistant turn (`IGPOConfig.force_think`).
+THINK_OPEN = "<think>"
+
+#: A system prompt in the format of the official IGPO rollouts (`IGPOConfig.system_prompt="official"`, tool_call
+#: protocol): every turn is a <think> block followed by either an <answer> or one <tool_call>, with the tool described
+#: by its JSON function signature. It describes igpo's `search` tool (a string query), where the official prompt
+#: describes a `web_search` tool taking a list of queries; the user message then holds only the question.
+OFFICIAL_SYSTEM_PROMPT = (
+    "## Background information\n"
+    "* You are a research assistant.\n\n"
+    "The question you receive is a complex one that needs research before it can be answered. You have this tool:\n"
+    "- search: searches a knowledge corpus and returns the most relevant passages.\n\n"
+    "You need not answer at once: first think about your research plan or what to search next.\n"
+    "Write every reply in exactly one of these two formats:\n\n"
+    "<think>\nYOUR REASONING\n</think>\n<answer>\nYOUR ANSWER, ONCE YOU HAVE ENOUGH INFORMATION\n</answer>\n\n"
+    "or\n\n"
+    "<think>\nYOUR REASONING\n</think>\n<tool_call>\nONE TOOL CALL IN THE FORMAT BELOW\n</tool_call>\n\n"
+    "Keep to these formats strictly. Inside <answer></answer> write only the final answer (words, a number or a "
+    "short phrase), with no explanation; answer a yes-or-no question with yes or no only.\n\n"
+    "# Tools\n\n"
+    "The function signature of the tool is inside <tools></tools>:\n<tools>\n"
+    '{"type": "function", "function": {"name": "search", "description": "Search the knowledge corpus.", '
+    '"parameters": {"type": "object", "properties": {"query": {"type": "string", "description": '
+    '"The search query."}}, "required": ["query"]}}}\n'
+    "</tools>\n\n"
+    "To call it, write a JSON object with the function name and its arguments inside <tool_call></tool_call>:\n"
+    '<tool_call>\n{"name": "search", "arguments": {"query": "your query"}}\n</tool_call>'
+)
+
+
 def render_prompt(question: str, protocol: str = "tag", template: str | None = None) -> str:
     """The task prompt shown at reset: instructions plus the question. ``template`` must contain ``{question}``."""
     _check_protocol(protocol)
@@ -244,11 +274,13 @@ def answer_probe(answer: str, protocol: str = "tag", style: str = "answer") -> t
     """The text the policy would write to answer now, split as (prefix, answer, suffix).
 
     Information gain scores only the ``answer`` part. ``style="answer"`` is the bare answer turn of the protocol;
-    ``style="official"`` is the probe of the official IGPO code (it closes an open ``<think>`` first).
+    ``style="official"`` is the official IGPO code's probe, a turn that opens ``<think>``, says it can answer now,
+    closes it and answers (the official rollouts write the ``<think>`` into the context, which is the same text:
+    beliefs are scored before any forced ``<think>``).
     """
     _check_protocol(protocol)
     if style == "answer":
         return "<answer> ", answer, " </answer>"
     if style == "official":
-        return "\nNow there's enough information to answer\n</think>\n<answer>\n", answer, "\n</answer>"
+        return THINK_OPEN + "\nNow there's enough information to answer\n</think>\n<answer>\n", answer, "\n</answer>"
     raise ValueError(f"unknown probe style {style!r}; expected 'answer' or 'official'")

@@ -5,11 +5,15 @@ then its outcome reward(s) last. Advantages are computed in two steps, each one 
 
 1. normalise within the group (`normalize_joint`: one mean/std over every turn reward of every rollout, the paper's
    default; `normalize_separate`: IG rewards among themselves, outcome rewards among themselves);
-2. discount backwards through the turns (`discounted_returns`: A_t = r~_t + gamma * A_{t+1}).
+2. discount backwards through the turns (`discounted_returns`: A_t = r_t + gamma * A_{t+1}).
 
-Statistics use the population std with eps 1e-6; a group whose rewards all agree gets zeros, never NaN. The optional
-``std_floor`` (default 0, off) lower-bounds the std used for scaling: with joint normalisation a group whose outcomes
-all agree has only tiny IG differences left, and dividing them by their own tiny std turns noise into ±1 advantages.
+`standardize` is the official code's form, ``(x - mean) / (sqrt(var + 1e-8) + 1e-6)`` with the population variance:
+the 1e-8 inside the root is an implicit std floor of 1e-4, so a group whose outcomes all agree and whose IGs differ by
+~1e-5 (belief noise) gets advantages of about ±0.1, not ±1. ``std_floor`` (default 0, off) raises that floor further;
+``scale=False`` only centres (TRL's ``scale_rewards="none"``). A group whose rewards are all equal gets zeros.
+
+`finite_turn_advantages` is what the trainer calls: a rollout with a non-finite reward (a NaN belief, a broken reward
+function) gets zero advantages and stays out of its group's statistics, so one bad rollout cannot end a run.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-EPS = 1e-6
+EPS = 1e-6  # added to the std (official code and igpo)
+VAR_EPS = 1e-8  # added to the variance under the root (official code): std >= 1e-4
 NORMS = ("joint", "separate")
 
 
@@ -29,17 +34,22 @@ def group_stats(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
-def standardize(values: Sequence[float], *, std_floor: float = 0.0) -> list[float]:
-    """(x - mean) / (max(std, std_floor) + eps); all zeros when the values do not vary at all."""
-    mean, std = group_stats(values)
-    if std <= EPS and std_floor <= 0.0:  # zero variance: no learning signal, and no 0/eps blow-up of rounding noise
+def standardize(values: Sequence[float], *, std_floor: float = 0.0, scale: bool = True) -> list[float]:
+    """(x - mean) / (max(sqrt(var + 1e-8), std_floor) + 1e-6); only x - mean when ``scale`` is False."""
+    if not values or max(values) == min(values):  # no learning signal (and no rounding noise blown up)
         return [0.0] * len(values)
-    return [(v - mean) / (max(std, std_floor) + EPS) for v in values]
+    mean, std = group_stats(values)
+    if not scale:
+        return [v - mean for v in values]
+    denominator = max(math.sqrt(std**2 + VAR_EPS), std_floor) + EPS
+    return [(v - mean) / denominator for v in values]
 
 
-def normalize_joint(rewards: Sequence[Sequence[float]], *, std_floor: float = 0.0) -> list[list[float]]:
+def normalize_joint(
+    rewards: Sequence[Sequence[float]], *, std_floor: float = 0.0, scale: bool = True
+) -> list[list[float]]:
     """Normalise every turn reward of every rollout with one group mean and std (the paper's default)."""
-    flat = standardize([r for turns in rewards for r in turns], std_floor=std_floor)
+    flat = standardize([r for turns in rewards for r in turns], std_floor=std_floor, scale=scale)
     out, start = [], 0
     for turns in rewards:
         out.append(flat[start : start + len(turns)])
@@ -48,12 +58,14 @@ def normalize_joint(rewards: Sequence[Sequence[float]], *, std_floor: float = 0.
 
 
 def normalize_separate(
-    rewards: Sequence[Sequence[float]], *, num_outcome: int = 1, std_floor: float = 0.0
+    rewards: Sequence[Sequence[float]], *, num_outcome: int = 1, std_floor: float = 0.0, scale: bool = True
 ) -> list[list[float]]:
     """Normalise the IG (tool-turn) rewards among themselves and the last ``num_outcome`` (outcome) rewards among
     themselves."""
-    ig = normalize_joint([turns[: len(turns) - num_outcome] for turns in rewards], std_floor=std_floor)
-    outcome = normalize_joint([turns[len(turns) - num_outcome :] for turns in rewards], std_floor=std_floor)
+    ig = normalize_joint([turns[: len(turns) - num_outcome] for turns in rewards], std_floor=std_floor, scale=scale)
+    outcome = normalize_joint(
+        [turns[len(turns) - num_outcome :] for turns in rewards], std_floor=std_floor, scale=scale
+    )
     return [i + o for i, o in zip(ig, outcome)]
 
 
@@ -73,18 +85,31 @@ def turn_advantages(
     norm: str = "joint",
     num_outcome: int = 1,
     std_floor: float = 0.0,
+    scale: bool = True,
 ) -> list[list[float]]:
     """Turn advantages of one group: ``rewards[i]`` = turn rewards of rollout i, the last ``num_outcome`` = outcome.
 
     Returns one list per rollout with one advantage per turn: group-normalised rewards (``norm`` = "joint" or
-    "separate"), discounted backwards with ``gamma``.
+    "separate"), discounted backwards with ``gamma``. Raises ValueError on a non-finite reward.
     """
     _check_group(rewards, gamma=gamma, norm=norm, num_outcome=num_outcome, std_floor=std_floor)
     if norm == "joint":
-        normalized = normalize_joint(rewards, std_floor=std_floor)
+        normalized = normalize_joint(rewards, std_floor=std_floor, scale=scale)
     else:
-        normalized = normalize_separate(rewards, num_outcome=num_outcome, std_floor=std_floor)
+        normalized = normalize_separate(rewards, num_outcome=num_outcome, std_floor=std_floor, scale=scale)
     return [discounted_returns(turns, gamma) for turns in normalized]
+
+
+def is_finite_rollout(turn_rewards: Sequence[float]) -> bool:
+    """Whether every turn reward of a rollout is a finite number."""
+    return all(math.isfinite(r) for r in turn_rewards)
+
+
+def finite_turn_advantages(rewards: Sequence[Sequence[float]], **kwargs) -> list[list[float]]:
+    """`turn_advantages` over the rollouts whose rewards are all finite; the others get zero advantages."""
+    finite = [is_finite_rollout(turns) for turns in rewards]
+    kept = iter(turn_advantages([t for t, ok in zip(rewards, finite) if ok], **kwargs) if any(finite) else [])
+    return [next(kept) if ok else [0.0] * len(turns) for turns, ok in zip(rewards, finite)]
 
 
 def _check_group(rewards, *, gamma: float, norm: str, num_outcome: int, std_floor: float) -> None:

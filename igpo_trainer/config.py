@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from trl import GRPOConfig
+
+from igpo_envs.protocol import OFFICIAL_SYSTEM_PROMPT
 
 INFO_GAIN_TYPES = ("prob_diff", "log_prob_diff")
 INFO_GAIN_NORMS = ("joint", "separate")
@@ -23,8 +26,10 @@ class IGPOConfig(GRPOConfig):
     or `max_turns` is reached. `max_completion_length` bounds the whole multi-turn completion (policy and observation
     tokens); `max_turn_length` bounds one turn.
 
-    Defaults reproduce the paper (prob_diff IG, joint normalisation, gamma 1, format penalty -2); the robustness
-    options (`adv_std_floor`, `ig_clip`) are off by default.
+    Defaults reproduce the paper and the official code where they are explicit (prob_diff IG, joint normalisation,
+    gamma 1, the official `sqrt(var + 1e-8)` group std, format penalty -2 also for an episode that never answers, no
+    vLLM importance-sampling correction); the robustness options (`adv_std_floor`, `ig_clip`) are off. The README's
+    "Faithfulness" table lists every setting where igpo can differ from the paper or the official code.
     """
 
     # Information gain
@@ -60,12 +65,28 @@ class IGPOConfig(GRPOConfig):
             "choices": list(PROBE_STYLES),
         },
     )
+    force_think: bool = field(
+        default=False,
+        metadata={
+            "help": "Write '<think>' at the start of every policy turn, as the official IGPO rollouts do (the turn "
+            "must then close it: '</think>' before its action). The forced tag is context, not trained."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "System message before the task prompt: 'official' = the official IGPO rollouts' format (think, "
+            "then answer or one tool call; needs protocol='tool_call'), any other text is used as is, None = none. "
+            "With a system prompt the user message holds only the question unless env_kwargs sets prompt_template."
+        },
+    )
     # Robustness options (off by default so the paper's method stays the default)
     adv_std_floor: float = field(
         default=0.0,
         metadata={
-            "help": "Lower bound on the group std used to scale rewards (0 = off). Guards near-zero-variance groups, "
-            "where joint normalisation turns ~1e-5 IG noise into +-1 advantages; e.g. 0.1."
+            "help": "Lower bound on the group std used to scale rewards (0 = off). The default form "
+            "sqrt(var + 1e-8) already floors it at 1e-4 (official code), which keeps ~1e-5 IG noise in a group whose "
+            "outcomes agree at about +-0.1; a larger floor, e.g. 0.1, shrinks such groups further."
         },
     )
     ig_clip: float | None = field(
@@ -96,8 +117,16 @@ class IGPOConfig(GRPOConfig):
     format_penalty: float = field(
         default=-2.0,
         metadata={
-            "help": "Outcome reward of a malformed turn (the env's format penalty). An episode that runs out of turns "
-            "or tokens without answering gets 0, as the env gives at its turn limit."
+            "help": "Outcome reward of a malformed turn (the env's format penalty). A turn cut short by "
+            "max_turn_length or by the completion budget is parsed as written, so an unclosed tag gets this too."
+        },
+    )
+    no_answer_reward: float | None = field(
+        default=None,
+        metadata={
+            "help": "Outcome reward of an episode that ends without an answer because it ran out of turns "
+            "(max_turns) or of completion tokens. None = format_penalty, as the official code scores a transcript "
+            "without <answer>; 0.0 makes 'search until the limit' cheaper than a wrong answer."
         },
     )
     max_turn_length: int | None = field(
@@ -105,6 +134,18 @@ class IGPOConfig(GRPOConfig):
         metadata={
             "help": "Maximum new tokens of one policy turn (None = max_completion_length). A turn also ends at its "
             "closing tag (</search>, </answer>, </tool_call>) or EOS."
+        },
+    )
+
+    # TRL's vLLM importance-sampling correction, off here: the official code recomputes the old log-probs with the
+    # training model and applies no rollout correction, and the default sequence mask (cap 3) drops long multi-turn
+    # sequences whole. Turned on, the trainer logs the share of sequences it drops (igpo/vllm_is_dropped_frac).
+    vllm_importance_sampling_correction: bool = field(
+        default=False,
+        metadata={
+            "help": "Correct for the vLLM-vs-training-model mismatch with TRL's importance sampling (see "
+            "vllm_importance_sampling_mode). Off by default in IGPO (the official code has no such correction); "
+            "when on, igpo/vllm_is_dropped_frac logs the share of sequences its masking drops."
         },
     )
 
@@ -134,6 +175,20 @@ class IGPOConfig(GRPOConfig):
             raise ValueError(f"topk must be >= 1, got {self.topk}")
         if self.max_turn_length is not None and self.max_turn_length < 1:
             raise ValueError(f"max_turn_length must be >= 1 or None, got {self.max_turn_length}")
+        if self.no_answer_reward is not None and not math.isfinite(self.no_answer_reward):
+            raise ValueError(f"no_answer_reward must be a finite number or None, got {self.no_answer_reward}")
+        if self.system_prompt == "official" and self.protocol != "tool_call":
+            raise ValueError("system_prompt='official' describes the tool_call protocol; set protocol='tool_call'")
+        if self.use_information_gain and self.scale_rewards == "batch":
+            raise ValueError(
+                "scale_rewards='batch' is not defined for IGPO's turn rewards, which are normalised per group; use "
+                "'group' (default) or 'none' (centre only), or use_information_gain=false for TRL's GRPO"
+            )
+        if self.use_information_gain and self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(
+                f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not supported with "
+                "use_information_gain=true (IGPO has one outcome reward); leave it 'sum_then_normalize'"
+            )
         if not self.env_id.startswith("igpo/"):
             raise ValueError(f"env_id must be an igpo env id ('igpo/...'), got {self.env_id!r}")
 
@@ -142,6 +197,11 @@ class IGPOConfig(GRPOConfig):
         """Maximum new tokens of one policy turn."""
         return self.max_turn_length or self.max_completion_length
 
+    @property
+    def system_prompt_text(self) -> str | None:
+        """The system message of every rollout (`system_prompt` with 'official' resolved), or None."""
+        return OFFICIAL_SYSTEM_PROMPT if self.system_prompt == "official" else self.system_prompt
+
     def env_make_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for gym.make(env_id, ...): the env settings of this config plus `env_kwargs`."""
         base = {
@@ -149,7 +209,10 @@ class IGPOConfig(GRPOConfig):
             "topk": self.topk,
             "max_turns": self.max_turns,
             "format_penalty": self.format_penalty,
+            "no_answer_reward": self.no_answer_reward,
         }
+        if self.system_prompt is not None:  # the instructions are in the system message: the user asks only
+            base["prompt_template"] = "{question}"
         return {**base, **self.env_kwargs}
 
 

@@ -29,9 +29,12 @@ from typing import Any, Protocol
 
 import torch
 
-from igpo_envs.hf_tokenizer import stop_token_ids
-from igpo_envs.protocol import observation_text  # noqa: F401  (re-exported: the trainer's rendering)
-from igpo_trainer.advantages import turn_advantages
+from igpo_envs.hf_tokenizer import generated_turn, stop_token_ids, stopping_kwargs
+from igpo_envs.transcript import observation_ids, prompt_ids
+from igpo_envs.transcript import observation_ids, prompt_ids
+from igpo_envs.transcript import observation_ids, prompt_ids
+from igpo_envs.protocol import THINK_OPEN, observation_text  # noqa: F401  (re-exported: the trainer's rendering)
+from igpo_trainer.advantages import finite_turn_advantages
 
 # A policy turn ends at the closing tag of its action (or at EOS).
 STOP_STRINGS = {"tag": ("</search>", "</answer>", "</browse>"), "tool_call": ("</tool_call>", "</answer>")}
@@ -119,50 +122,41 @@ class HFTurnGenerator:
             attention_mask[row, width - len(ids) :] = 1
         config = copy.deepcopy(self.generation_config)
         config.max_new_tokens = max_new_tokens
-        extra = {}
-        if self.stop_token_ids is None:
-            config.stop_strings, extra["tokenizer"] = self.stop_strings, self.tokenizer
-        else:
-            eos = config.eos_token_id if config.eos_token_id is not None else sorted(self.eos_token_ids)
-            config.eos_token_id = [*([eos] if isinstance(eos, int) else eos), *self.stop_token_ids]
+        eos = config.eos_token_id if config.eos_token_id is not None else sorted(self.eos_token_ids)
         output = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             generation_config=config,
-            **extra,
+            **stopping_kwargs(self.tokenizer, self.stop_strings, eos),
         )
         return [(self._cut(row.tolist()), None) for row in output[:, width:].cpu()]
 
     def _cut(self, ids: list[int]) -> list[int]:
-        """The tokens of one finished row: up to and including the first EOS, else up to its trailing padding."""
-        for pos, token in enumerate(ids):
-            if token in self.eos_token_ids:
-                text_before = self.tokenizer.decode(ids[:pos])
-                # When pad == eos, the "EOS" after a stop string is padding, not a token the policy chose.
-                if self.pad_token_id in self.eos_token_ids and any(text_before.endswith(s) for s in self.stop_strings):
-                    return ids[:pos]
-                return ids[: pos + 1]
-        while ids and ids[-1] == self.pad_token_id:
-            ids = ids[:-1]
-        return ids
+        """The tokens of one finished row (`igpo_envs.hf_tokenizer.generated_turn`, shared with `HFAgent`)."""
+        return generated_turn(self.tokenizer, ids, self.stop_strings, self.eos_token_ids, self.pad_token_id)
 
 
 class VLLMTurnGenerator:
     """Turn generation through TRL's vLLM backend (``trainer.vllm_generation``, server or colocate mode).
 
     The per-turn stop strings go into vLLM's SamplingParams through ``GRPOConfig.generation_kwargs`` (`IGPOTrainer`
-    adds ``stop`` and ``include_stop_str_in_output``), and vLLM's ``max_tokens`` per call is ``max_completion_length``.
-    In server mode every process must call ``generate`` the same number of times, so the episode loop keeps calling
-    with an empty list on processes whose episodes have all ended (see `run_episodes`, ``sync``).
+    adds ``stop`` and ``include_stop_str_in_output``), and the turn limit ``max_new_tokens`` becomes its
+    ``max_tokens``: TRL sends ``max_tokens = vllm_generation.max_completion_length``, which is set to the turn limit
+    for the call (a ``max_tokens`` in ``generation_kwargs`` would override it). In server mode every process must call
+    ``generate`` the same number of times, so the episode loop keeps calling with an empty list on processes whose
+    episodes have all ended (see `run_episodes`, ``sync``); the main process's turn limit is the one sent.
     """
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def __call__(self, contexts, max_new_tokens):
-        _, completion_ids, logprobs, _ = self.trainer.vllm_generation.generate(
-            prompts=contexts, images=None, num_generations=1
-        )
+        generation = self.trainer.vllm_generation
+        whole_completion, generation.max_completion_length = generation.max_completion_length, max_new_tokens
+        try:
+            _, completion_ids, logprobs, _ = generation.generate(prompts=contexts, images=None, num_generations=1)
+        finally:
+            generation.max_completion_length = whole_completion
         return [(list(ids), [lp[0] for lp in lps]) for ids, lps in zip(completion_ids, logprobs)]
 
 
@@ -170,12 +164,8 @@ class VLLMTurnGenerator:
 # Episode loop
 # --------------------------------------------------------------------------------------------------------------------
 def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
-    """Token ids of the task prompt, through the chat template when the tokenizer has one."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    return tokenizer("\n".join(m["content"] for m in messages), add_special_tokens=False)["input_ids"]
+    """Token ids of the task prompt (`igpo_envs.transcript.prompt_ids`: the chat template when there is one)."""
+    return prompt_ids(tokenizer, prompt)
 
 
 def run_episodes(
@@ -190,19 +180,28 @@ def run_episodes(
     max_completion_length: int,
     eos_token_id: int,
     sync=None,
+    system_prompt: str | None = None,
+    force_think: bool = False,
 ) -> list[Episode]:
     """Play one episode per env (env i on question ``question_indices[i]``), all turns batched.
 
     ``envs`` are unwrapped `SearchQAEnv` instances (``step_batch`` calls their private parse/finish steps).
     ``step_batch(envs, actions)`` steps several envs with one retriever call. ``sync(any_live) -> bool`` (optional)
     makes the loop continue while any process still has live episodes (needed by vLLM server mode).
+    ``system_prompt`` (optional) opens the chat before the task prompt. ``force_think`` writes ``<think>`` at the
+    start of every policy turn, as the official IGPO rollouts do: context, not trained, and part of the turn's text
+    for the env; beliefs are scored before it (the official probe opens its own ``<think>``).
     """
+    think_ids = tokenizer(THINK_OPEN, add_special_tokens=False)["input_ids"] if force_think else []
     episodes = []
     for env, index in zip(envs, question_indices, strict=True):
         observation, _ = env.reset(options={"question_index": int(index)})
         item = env.unwrapped.item
-        episode = Episode(encode_prompt(tokenizer, observation), tuple(item.golden_answers), int(index))
+        prompt = observation if system_prompt is None else [
+            {"role": "system", "content": system_prompt}, {"role": "user", "content": observation}]
+        episode = Episode(encode_prompt(tokenizer, prompt), tuple(item.golden_answers), int(index))
         episode.belief_boundaries.append(len(episode.prompt_ids))  # v_0: the question only
+        episode.prompt_ids += think_ids  # the first turn's forced <think> belongs to the prompt
         episodes.append(episode)
 
     for turn in range(max_turns):
@@ -218,30 +217,32 @@ def run_episodes(
                 episodes[i].budget_exhausted = True
             episodes[i].add_tokens(ids, policy_turn=turn, logprobs=logprobs)
             episodes[i].num_turns += 1
-            actions.append(tokenizer.decode(ids, skip_special_tokens=True))
+            actions.append((THINK_OPEN if force_think else "") + tokenizer.decode(ids, skip_special_tokens=True))
         results = step_batch([envs[i] for i in live], actions) if live else []
         for i, (observation, reward, terminated, truncated, info) in zip(live, results, strict=True):
             _record_step(episodes[i], observation, reward, terminated, truncated, info, tokenizer,
                          max_completion_length=max_completion_length, eos_token_id=eos_token_id,
-                         last_turn=turn == max_turns - 1)
+                         last_turn=turn == max_turns - 1, no_answer_reward=envs[i].no_answer_reward,
+                         next_turn_ids=think_ids)
     return episodes
 
 
 def _record_step(episode, observation, reward, terminated, truncated, info, tokenizer, *,
-                 max_completion_length, eos_token_id, last_turn):
+                 max_completion_length, eos_token_id, last_turn, no_answer_reward=0.0, next_turn_ids=()):
     action = info.get("action") or {}
     if action.get("kind") in ("search", "browse"):
         episode.num_searches += 1
     if not (terminated or truncated):
         if not (episode.budget_exhausted or last_turn):
-            obs_ids = tokenizer(observation_text(observation), add_special_tokens=False)["input_ids"]
-            if len(episode.completion_ids) + len(obs_ids) < max_completion_length:
+            obs_ids = observation_ids(tokenizer, observation)
+            if len(episode.completion_ids) + len(obs_ids) + len(next_turn_ids) < max_completion_length:
                 episode.add_tokens(obs_ids, policy_turn=None)
                 episode.belief_boundaries.append(len(episode.context))  # v_k: after the k-th observation
+                episode.add_tokens(next_turn_ids, policy_turn=None)  # the next turn's forced opening, if any
                 return
             episode.budget_exhausted = True
-        # Out of turns or tokens without an answer: reward 0, as the env gives when its own turn limit truncates.
-        reward = 0.0
+        # Out of turns or tokens without an answer: the env's reward for that (its own turn limit gives the same).
+        reward = no_answer_reward
     episode.done = True
     episode.outcome = float(reward)
     episode.em = float(info.get("em", 0.0) or 0.0)
@@ -258,14 +259,19 @@ def _record_step(episode, observation, reward, terminated, truncated, info, toke
 # Information gain and turn rewards
 # --------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def score_beliefs(model, tokenizer, episodes: Sequence[Episode], *, protocol: str, probe_style: str):
-    """Beliefs v_0..v_K of every episode in one packed no-grad forward: mean log-prob of the first gold alias."""
+def score_beliefs(model, tokenizer, episodes: Sequence[Episode], *, protocol: str, probe_style: str,
+                  turn_opening: str = ""):
+    """Beliefs v_0..v_K of every episode in one packed no-grad forward: mean log-prob of the first gold alias.
+
+    ``turn_opening``: the text forced at the start of every turn (``<think>`` with force_think); the probe, a turn
+    written at a belief boundary, then starts with it as its own piece, as the rollout writes it."""
     from igpo_envs.information_gain import first_alias, tokenize_probe
     from igpo_trainer.scoring import batch_answer_logprobs
 
     sequences, boundaries, probes, masks = [], [], [], []
     for episode in episodes:
-        probe, mask = tokenize_probe(tokenizer, first_alias(episode.golden_answers), protocol, probe_style)
+        opening = {"turn_opening": turn_opening} if turn_opening else {}
+        probe, mask = tokenize_probe(tokenizer, first_alias(episode.golden_answers), protocol, probe_style, **opening)
         sequences.append(torch.tensor(episode.context, dtype=torch.long))
         boundaries.append(list(episode.belief_boundaries))
         probes.append(torch.tensor(probe, dtype=torch.long))
@@ -319,14 +325,18 @@ def group_turn_advantages(
     gamma: float,
     norm: str,
     std_floor: float = 0.0,
+    scale: bool = True,
 ) -> tuple[list[list[float]], float]:
-    """Turn advantages for consecutive groups of ``num_generations`` rollouts, and the share of all-zero groups."""
+    """Turn advantages for consecutive groups of ``num_generations`` rollouts, and the share of all-zero groups.
+
+    A rollout with a non-finite turn reward gets zero advantages and is left out of its group's statistics.
+    """
     if len(turn_rewards) % num_generations:
         raise ValueError(f"{len(turn_rewards)} rollouts do not split into groups of {num_generations}")
     advantages, collapsed = [], 0
     for start in range(0, len(turn_rewards), num_generations):
-        group = turn_advantages(
-            turn_rewards[start : start + num_generations], gamma=gamma, norm=norm, std_floor=std_floor
+        group = finite_turn_advantages(
+            turn_rewards[start : start + num_generations], gamma=gamma, norm=norm, std_floor=std_floor, scale=scale
         )
         collapsed += all(abs(a) < 1e-8 for turns in group for a in turns)
         advantages += group

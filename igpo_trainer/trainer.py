@@ -10,14 +10,20 @@ What changes relative to GRPO, and where:
   (B, T): each policy token of turn t carries A_t from `igpo_trainer.advantages.turn_advantages`. TRL's clipped
   surrogate loss accepts (B, T) advantages unchanged.
 
-``use_information_gain=False`` keeps every step of this path but gives each rollout the single turn reward of its
-outcome, so IGPO and multi-turn GRPO differ in one switch.
+``use_information_gain=False`` keeps every step of this path but leaves TRL's own GRPO advantages in place (one per
+sequence, from the outcome reward, with TRL's statistics, ``scale_rewards``, ``reward_weights`` and
+``multi_objective_aggregation``), so IGPO and multi-turn GRPO as TRL defines it differ in one switch.
+
+A rollout whose reward is not finite (a NaN belief, a broken env) gets zero advantage and stays out of its group's
+statistics (TRL's "unscorable" completion in GRPO mode); the trainer warns once and counts them in
+``igpo/nonfinite_reward_rollouts``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from igpo_envs.hf_tokenizer import load_tokenizer
+from igpo_envs.protocol import THINK_OPEN
 from igpo_trainer.config import IGPOConfig
 from igpo_trainer.rollout import (
     STOP_STRINGS,
@@ -45,9 +52,23 @@ from igpo_trainer.rollout import (
 QUESTION_COLUMN = "question_index"
 
 
-def outcome_reward(completions, igpo_outcome, **kwargs) -> list[float]:
-    """The outcome reward the env gave each episode (answer F1, or the format penalty), as a TRL reward function."""
-    return [float(r) for r in igpo_outcome]
+def outcome_reward(completions, igpo_outcome, **kwargs) -> list[float | None]:
+    """The outcome reward the env gave each episode (answer F1, or the format penalty), as a TRL reward function.
+
+    A non-finite outcome is returned as None, TRL's "unscorable": zero advantage, left out of the group baseline.
+    """
+    return [float(r) if math.isfinite(float(r)) else None for r in igpo_outcome]
+
+
+def dropped_sequences(importance_weights: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+    """(sequences whose importance-sampling weight is 0 on every trained token, sequences with trained tokens).
+
+    ``importance_weights`` is TRL's vLLM correction, (B, 1) per sequence or (B, T) per token; ``mask`` (B, T) marks the
+    trained tokens. Masking modes set out-of-range weights to 0, which drops those tokens from the loss.
+    """
+    weights = importance_weights.expand_as(mask) * mask
+    trained = mask.sum(-1) > 0
+    return int((trained & (weights.abs().sum(-1) == 0)).sum()), int(trained.sum())
 
 
 def make_env_from_id(env_id: str, **kwargs):
@@ -139,6 +160,7 @@ class IGPOTrainer(GRPOTrainer):
             processing_class = load_tokenizer(model)  # a local tokenizer as saved (e.g. igpo_trainer.tiny's word level)
         self._rollout_rows: list[dict] = []
         self._ig_seconds: float | None = None
+        self._warned_nonfinite = False  # a non-finite reward is reported once per run (and counted every step)
         self.rollout_history: list[list[int]] = []  # question indices of each rollout batch (data-order checks)
         super().__init__(
             model=model,
@@ -190,6 +212,8 @@ class IGPOTrainer(GRPOTrainer):
             max_completion_length=args.max_completion_length,
             eos_token_id=tokenizer.eos_token_id,
             sync=self._sync_live,
+            system_prompt=args.system_prompt_text,
+            force_think=args.force_think,
         )
         episodes = play(VLLMTurnGenerator(self)) if self.use_vllm else None
         timer = Timer()
@@ -211,7 +235,8 @@ class IGPOTrainer(GRPOTrainer):
             if args.use_information_gain:
                 with timer:
                     beliefs = score_beliefs(
-                        model, tokenizer, episodes, protocol=args.protocol, probe_style=args.probe_style
+                        model, tokenizer, episodes, protocol=args.protocol, probe_style=args.probe_style,
+                        turn_opening=THINK_OPEN if args.force_think else "",
                     )
         assign_turn_rewards(episodes, beliefs, info_gain_type=args.info_gain_type, ig_clip=args.ig_clip)
         self._ig_seconds = timer.seconds
@@ -241,20 +266,52 @@ class IGPOTrainer(GRPOTrainer):
 
         # Groups may straddle processes: normalise over the gathered batch, keep this process's slice.
         all_rewards = gather_object([row["igpo_turn_rewards"] for row in inputs])
-        all_advantages, collapsed = group_turn_advantages(
-            all_rewards, num_generations, gamma=args.gamma, norm=args.info_gain_norm, std_floor=args.adv_std_floor
+        nonfinite = sum(not all(math.isfinite(r) for r in turns) for turns in all_rewards)
+        if args.use_information_gain:
+            output["advantages"] = self._turn_advantages(inputs, output, all_rewards, num_generations)
+        # else: TRL's GRPO advantages, (B,) from the outcome reward, exactly as TRL computed them
+        zero = (output["advantages"].reshape(len(inputs), -1).abs() < 1e-8).all(dim=1)
+        collapsed = self.accelerator.gather(zero).reshape(-1, num_generations).all(dim=1).float().mean().item()
+
+        self._log_episode_metrics(mode, gather_object([row["igpo_metrics"] for row in inputs]), collapsed)
+        self._log_robustness(mode, output, nonfinite)
+        return output
+
+    def _turn_advantages(self, inputs, output, all_rewards, num_generations) -> torch.Tensor:
+        """(B, T) IGPO advantages: group-normalised turn rewards, discounted, broadcast to each turn's tokens."""
+        args: IGPOConfig = self.args
+        weight = float(self.reward_weights[0])  # TRL's reward_weights weigh the one reward function, the outcome
+        weighted = [list(turns[:-1]) + [turns[-1] * weight] for turns in all_rewards]
+        all_advantages, _ = group_turn_advantages(
+            weighted, num_generations, gamma=args.gamma, norm=args.info_gain_norm, std_floor=args.adv_std_floor,
+            scale=args.scale_rewards != "none",
         )
         start = self.accelerator.process_index * len(inputs)
         local = all_advantages[start : start + len(inputs)]
-        width = output["completion_ids"].size(1)
-        advantages = torch.zeros((len(inputs), width), dtype=torch.float32)
+        advantages = torch.zeros((len(inputs), output["completion_ids"].size(1)), dtype=torch.float32)
         for row, (record, turn_advs) in enumerate(zip(inputs, local, strict=True)):
             per_token = broadcast_turn_advantages(record["igpo_token_turn"], turn_advs)
             advantages[row, : len(per_token)] = torch.tensor(per_token, dtype=torch.float32)
-        output["advantages"] = advantages.to(output["completion_ids"].device)
+        return advantages.to(output["completion_ids"].device)
 
-        self._log_episode_metrics(mode, gather_object([row["igpo_metrics"] for row in inputs]), collapsed)
-        return output
+    def _log_robustness(self, mode: str, output, nonfinite: int) -> None:
+        """Count rollouts skipped for a non-finite reward (warn once) and sequences vLLM's IS correction drops."""
+        metrics = self._metrics[mode]
+        metrics["igpo/nonfinite_reward_rollouts"].append(float(nonfinite))
+        if nonfinite and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            warnings.warn(
+                f"{nonfinite} rollout(s) of this batch have a non-finite reward (NaN/inf outcome or information "
+                "gain); they get zero advantage and are left out of their group's statistics. Counted in "
+                "igpo/nonfinite_reward_rollouts; this warning is shown once.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if "importance_sampling_ratio" in output:
+            mask = output["completion_mask"] * output.get("tool_mask", torch.ones_like(output["completion_mask"]))
+            counts = torch.tensor(dropped_sequences(output["importance_sampling_ratio"], mask), device=mask.device)
+            dropped, trained = self.accelerator.gather(counts.reshape(1, 2)).sum(dim=0).tolist()
+            metrics["igpo/vllm_is_dropped_frac"].append(dropped / max(1, trained))
 
     def _log_episode_metrics(self, mode: str, per_episode: list[dict], collapsed: float) -> None:
         metrics = self._metrics[mode]

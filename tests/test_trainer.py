@@ -239,9 +239,71 @@ def test_format_error_and_token_budget_end_episodes(tiny_model_dir):
         step_batch=step_batch, max_turns=3, max_turn_length=24, max_completion_length=len(search_ids) + 3,
         eos_token_id=tokenizer.eos_token_id,
     )[0]
-    # no room for the observation: the episode ends without an answer (reward 0), and it is not closed with EOS
-    assert full.done and full.budget_exhausted and full.outcome == 0.0 and full.num_turns == 1
+    # no room for the observation: the episode ends without an answer (the format penalty by default, as the
+    # official code scores a transcript without <answer>), and it is not closed with EOS
+    assert full.done and full.budget_exhausted and full.outcome == -2.0 and full.num_turns == 1
     assert full.completion_ids == search_ids and full.belief_boundaries == [len(full.prompt_ids)]
+    assert not full.format_error  # the search itself was well formed: the penalty is for never answering
+    lenient = run_episodes(
+        [make_world_env(no_answer_reward=0.0)], [1], ScriptedPolicy(tokenizer, ["<search> Film 1 </search>"] * 3),
+        tokenizer=tokenizer, step_batch=step_batch, max_turns=3, max_turn_length=24,
+        max_completion_length=len(search_ids) + 3, eos_token_id=tokenizer.eos_token_id,
+    )[0]
+    assert lenient.budget_exhausted and lenient.outcome == 0.0  # the named option restores "no answer = 0"
+
+
+@pytest.mark.parametrize("no_answer_reward, expected", [(None, -2.0), (0.0, 0.0), (-0.5, -0.5)])
+def test_running_out_of_turns_without_an_answer_gets_the_no_answer_reward(tiny_model_dir, no_answer_reward, expected):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    env = make_world_env(max_turns=2, no_answer_reward=no_answer_reward)
+    (episode,) = run_episodes(
+        [env], [1], ScriptedPolicy(tokenizer, ["<search> Film 1 </search>"] * 2), tokenizer=tokenizer,
+        step_batch=step_batch, max_turns=2, max_turn_length=24, max_completion_length=400,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    assert episode.done and episode.num_turns == 2 and episode.num_searches == 2 and not episode.format_error
+    assert episode.outcome == expected
+    # the env itself gives it at its turn limit (Gymnasium truncation), without the trainer
+    env.reset(options={"question_index": 1})
+    assert env.step("<search> Film 1 </search>")[1:4] == (0.0, False, False)
+    assert env.step("<search> Film 1 </search>")[1:4] == (expected, False, True)
+
+
+def test_force_think_and_system_prompt_shape_the_rollout(tiny_model_dir):
+    """The official format: a system message, and <think> written into the context at the start of every turn
+    (not trained); the env parses '<think>' + the generated text; beliefs are scored before the forced <think>."""
+    from transformers import AutoTokenizer
+
+    from igpo_envs.protocol import THINK_OPEN
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    think = tokenizer(THINK_OPEN, add_special_tokens=False)["input_ids"]
+    turns = [" plan </think> <search> Film 3 </search>", " done </think> <answer> Person 3 </answer>"]
+    (episode,) = run_episodes(
+        [make_world_env()], [3], ScriptedPolicy(tokenizer, turns), tokenizer=tokenizer, step_batch=step_batch,
+        max_turns=3, max_turn_length=24, max_completion_length=400, eos_token_id=tokenizer.eos_token_id,
+        system_prompt="You are a careful researcher.", force_think=True,
+    )
+    assert episode.outcome == 1.0 and episode.num_turns == 2 and not episode.format_error
+    prompt = encode_prompt(tokenizer, [{"role": "system", "content": "You are a careful researcher."},
+                                       {"role": "user", "content": render_prompt(ITEMS[3].question)}])
+    assert episode.prompt_ids == prompt + think  # turn 0's forced <think> is prompt (context, not trained)
+    passages = KeywordRetriever(PASSAGES).search(["Film 3"], 2)[0]
+    obs = tokenizer(observation_text(format_observation(passages, "tag")), add_special_tokens=False)["input_ids"]
+    first, second = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in turns)
+    assert episode.completion_ids == first + obs + think + second + [tokenizer.eos_token_id]
+    assert episode.env_mask == [1] * len(first) + [0] * (len(obs) + len(think)) + [1] * len(second) + [0]
+    # v_0 after the question, v_1 after the observation: both before a forced <think> (the official probe opens one)
+    assert episode.belief_boundaries == [len(prompt), len(prompt) + len(think) + len(first) + len(obs)]
+    # without force_think a turn that writes no <think> is fine; with it, a turn that never closes it is malformed
+    (unclosed,) = run_episodes(
+        [make_world_env()], [3], ScriptedPolicy(tokenizer, ["<search> Film 3 </search>"]), tokenizer=tokenizer,
+        step_batch=step_batch, max_turns=3, max_turn_length=24, max_completion_length=400,
+        eos_token_id=tokenizer.eos_token_id, force_think=True,
+    )
+    assert unclosed.format_error and unclosed.outcome == -2.0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -290,23 +352,96 @@ def test_igpo_steps_change_weights_log_finite_metrics_and_use_turn_advantages(sy
     assert saw_multi_turn, "the warm-started tiny model never searched: the test would not check turn advantages"
 
 
-def test_information_gain_off_gives_grpo_outcome_advantages(tiny_model_dir, tmp_path):
-    args = make_config(tmp_path, use_information_gain=False, max_steps=1)
+def trl_grpo_advantages(rewards, G, scale_rewards="group", weight=1.0):
+    """TRL 1.16's GRPO advantages for one reward function (its `sum_then_normalize` branch, with its own `nanstd`):
+    (w*r - group mean) / (group std, Bessel-corrected, + 1e-4); "batch" takes the std over the whole batch."""
+    from trl.trainer.utils import nanstd
+
+    r = torch.tensor(rewards, dtype=torch.float32) * weight
+    mean = torch.nanmean(r.view(-1, G), dim=1).repeat_interleave(G)
+    if scale_rewards == "none":
+        return r - mean
+    std = nanstd(r) if scale_rewards == "batch" else nanstd(r.view(-1, G), dim=1).repeat_interleave(G)
+    return (r - mean) / (std + 1e-4)
+
+
+@pytest.mark.parametrize("options", [{}, {"scale_rewards": "none", "reward_weights": [2.0]}, {"scale_rewards": "batch"}])
+def test_information_gain_off_gives_trls_grpo_advantages(tiny_model_dir, tmp_path, options):
+    """use_information_gain=False is multi-turn GRPO exactly as TRL computes it: TRL's statistics (Bessel-corrected
+    std + 1e-4, not IGPO's population std), and TRL's scale_rewards and reward_weights honoured."""
+    args = make_config(tmp_path, use_information_gain=False, max_steps=1, **options)
     trainer = IGPOTrainer(model=str(tiny_model_dir), args=args, env=make_world_env())
     captured = capture_generations(trainer)
     trainer.train()
     rows, output = captured[0]
     assert all(len(r["igpo_turn_rewards"]) == 1 for r in rows)
     outcomes = [r["igpo_outcome"] for r in rows]
-    for g in range(0, len(rows), 4):
-        group = outcomes[g : g + 4]
-        mean = sum(group) / 4
-        std = math.sqrt(sum((o - mean) ** 2 for o in group) / 4)
-        for b in range(g, g + 4):
-            policy = output["advantages"][b][output["tool_mask"][b].bool() & output["completion_mask"][b].bool()]
-            expected = 0.0 if std == 0 else (outcomes[b] - mean) / (std + 1e-6)
-            assert torch.allclose(policy, torch.full_like(policy, expected), atol=1e-5)  # one value, every turn
+    assert len(set(outcomes)) > 1, "every outcome equal: the test would not compare any statistics"
+    expected = trl_grpo_advantages(outcomes, 4, options.get("scale_rewards", "group"),
+                                   options.get("reward_weights", [1.0])[0])
+    assert output["advantages"].shape == (len(rows),)  # one advantage per sequence, TRL's own tensor
+    assert torch.allclose(output["advantages"], expected, atol=1e-6)
     assert "igpo/ig_time_share" not in trainer.state.log_history[0]
+
+
+@pytest.mark.parametrize("use_information_gain", [True, False])
+def test_a_nan_reward_gets_zero_advantage_is_counted_and_warned_once(tiny_model_dir, tmp_path, monkeypatch,
+                                                                     use_information_gain):
+    """One rollout per batch gets a NaN outcome (as a broken reward or a NaN belief would give): training goes on,
+    that rollout's advantage is 0 and its group is normalised without it, igpo/nonfinite_reward_rollouts counts it,
+    and the trainer warns once for the run."""
+    import warnings
+
+    import igpo_trainer.trainer as trainer_module
+
+    original = trainer_module.assign_turn_rewards
+
+    def poisoned(episodes, beliefs, **kwargs):
+        episodes[1].outcome = float("nan")
+        return original(episodes, beliefs, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "assign_turn_rewards", poisoned)
+    args = make_config(tmp_path, use_information_gain=use_information_gain, max_steps=2)
+    trainer = IGPOTrainer(model=str(tiny_model_dir), args=args, env=make_world_env())
+    captured = capture_generations(trainer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert [str(w.message).count("non-finite reward") for w in caught if w.category is RuntimeWarning] == [1]
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all(h["igpo/nonfinite_reward_rollouts"] == 1.0 and math.isfinite(h["loss"])
+                                  for h in logs)
+    for rows, output in captured:
+        advantages = output["advantages"].reshape(len(rows), -1)
+        assert torch.isfinite(advantages).all() and torch.all(advantages[1] == 0)
+        group = [r["igpo_turn_rewards"] for r in rows[:4]]
+        if use_information_gain:  # the others are normalised as if the NaN rollout were not in the group
+            kept = turn_advantages([group[0], group[2], group[3]])
+            for b, turn_advs in zip([0, 2, 3], kept):
+                first = {t: rows[b]["igpo_token_turn"].index(t) for t in range(len(turn_advs))}
+                for t, j in first.items():
+                    assert advantages[b, j].item() == pytest.approx(turn_advs[t], abs=1e-5)
+        else:  # TRL's unscorable completion: out of the baseline
+            outcomes = [rows[b]["igpo_outcome"] for b in (0, 2, 3)]
+            expected = trl_grpo_advantages(outcomes, 3)
+            assert torch.allclose(advantages[[0, 2, 3], 0], expected, atol=1e-6)
+
+
+def test_igpo_honours_reward_weights_and_scale_rewards_none(tiny_model_dir, tmp_path):
+    """TRL's reward_weights weigh the outcome reward (the one reward function) against the IG rewards, and
+    scale_rewards='none' centres the group without dividing by its std (the official norm_adv_by_std_in_grpo=False)."""
+    args = make_config(tmp_path, max_steps=1, reward_weights=[0.5], scale_rewards="none")
+    trainer = IGPOTrainer(model=str(tiny_model_dir), args=args, env=make_world_env())
+    captured = capture_generations(trainer)
+    trainer.train()
+    rows, output = captured[0]
+    for g in range(0, len(rows), 4):
+        weighted = [r["igpo_turn_rewards"][:-1] + [0.5 * r["igpo_turn_rewards"][-1]] for r in rows[g : g + 4]]
+        expected = turn_advantages(weighted, scale=False)
+        for b in range(g, g + 4):
+            turns = rows[b]["igpo_token_turn"]
+            for t in set(turns) - {-1}:
+                assert output["advantages"][b, turns.index(t)].item() == pytest.approx(expected[b - g][t], abs=1e-6)
 
 
 def test_resume_from_checkpoint_restores_step_and_data_order(tiny_model_dir, tmp_path):
@@ -365,8 +500,22 @@ def test_config_validates_values():
         IGPOConfig(adv_std_floor=-1.0, **common)
     with pytest.raises(ValueError, match="env_kwargs is not valid JSON"):
         IGPOConfig(env_kwargs="{hops: 2", **common)
+    with pytest.raises(ValueError, match="scale_rewards='batch'"):
+        IGPOConfig(scale_rewards="batch", **common)  # undefined for per-group turn rewards; fine for GRPO (below)
+    with pytest.raises(ValueError, match="multi_objective_aggregation"):
+        IGPOConfig(multi_objective_aggregation="normalize_then_sum", **common)
+    with pytest.raises(ValueError, match="protocol='tool_call'"):
+        IGPOConfig(system_prompt="official", **common)
+    with pytest.raises(ValueError, match="no_answer_reward"):
+        IGPOConfig(no_answer_reward=float("nan"), **common)
+    IGPOConfig(scale_rewards="batch", use_information_gain=False, **common)
     config = IGPOConfig(env_kwargs='{"hops": 2}', max_turns=4, **common)
-    assert config.env_make_kwargs() == {"protocol": "tag", "topk": 3, "max_turns": 4, "format_penalty": -2.0, "hops": 2}
+    assert config.env_make_kwargs() == {"protocol": "tag", "topk": 3, "max_turns": 4, "format_penalty": -2.0,
+                                        "no_answer_reward": None, "hops": 2}
+    assert not config.vllm_importance_sampling_correction  # off, as in the official code
+    official = IGPOConfig(protocol="tool_call", system_prompt="official", **common)
+    assert official.env_make_kwargs()["prompt_template"] == "{question}"  # the instructions are the system message
+    assert "<tool_call>" in official.system_prompt_text and "<think>" in official.system_prompt_text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -389,6 +538,12 @@ def test_shipped_configs_parse_into_igpo_config(name):
         assert model.model_name_or_path == "Qwen/Qwen2.5-7B-Instruct"
         assert (config.learning_rate, config.num_generations, config.max_turns) == (1e-6, 16, 10)
         assert (config.beta, config.epsilon, config.use_vllm) == (0.001, 0.2, True)
+        # the official code's loss aggregation (seq-mean-token-sum, up to a constant), entropy bonus, rollout format
+        assert (config.loss_type, config.entropy_coef) == ("dr_grpo", 0.001)
+        assert (config.protocol, config.system_prompt, config.force_think, config.probe_style) == (
+            "tool_call", "official", True, "official")
+        assert config.turn_length == 2000 and not config.vllm_importance_sampling_correction
+        assert config.no_answer_reward is None and config.adv_std_floor == 0.0  # never answering = format penalty
 
 
 def test_cli_trains_on_the_synthetic_env_and_resumes_latest(tmp_path):
