@@ -104,10 +104,12 @@ class SearchQAVectorEnv(VectorEnv):
         options = dict(options or {})
         if seed is None:
             seeds = [None] * self.num_envs
-        elif isinstance(seed, (int, np.integer)):
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
             seeds = [int(seed) + i for i in range(self.num_envs)]
         else:
-            seeds = list(seed)
+            if not isinstance(seed, (Sequence, np.ndarray)) or isinstance(seed, str):
+                raise TypeError(f"seed must be an integer, None or one per sub-env, got {seed!r}")
+            seeds = [None if s is None else _integer("seed", s) for s in seed]
             if len(seeds) != self.num_envs:
                 raise ValueError(f"got {len(seeds)} seeds for num_envs={self.num_envs}")
         mask = options.pop("reset_mask", None)

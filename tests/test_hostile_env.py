@@ -240,3 +240,11 @@ def test_env_observation_layout_option(toy_items):
 def test_synthetic_task_arguments_are_not_coerced(kwargs, match):
     with pytest.raises((TypeError, ValueError), match=match):
         gym.make("igpo/SynthMultiHop-v0", **{"num_docs": 200, **kwargs})
+
+
+@pytest.mark.parametrize("seed", [1.5, True, "7"])
+def test_vector_seed_is_not_coerced(seed):
+    venv = SearchQAVectorEnv(2, questions=ITEMS, retriever=KeywordRetriever(PASSAGES))
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        venv.reset(seed=seed)
+    assert list(venv.reset(seed=np.array([3, 4]))[1]["question_id"]) == list(venv.reset(seed=[3, 4])[1]["question_id"])
