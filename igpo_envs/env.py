@@ -194,7 +194,8 @@ class SearchQAEnv(gym.Env[str, str]):
     an answer, scored against the gold aliases with SQuAD-normalised F1 (or exact match).
 
     ## Action Space
-    `spaces.Text`: the agent's whole text for one turn, parsed by `igpo_envs.protocol.parse_action`:
+    `spaces.Text` of at most `MAX_ACTION_CHARS` characters: the agent's whole text for one turn, parsed by
+    `igpo_envs.protocol.parse_action` (linear time, never raises; longer text is a malformed turn, unread):
     - `protocol="tag"` (Search-R1): `<search> query </search>` or `<answer> text </answer>`, `<think>` allowed.
     - `protocol="tool_call"` (official IGPO / Qwen): `<tool_call>{"name": "search", "arguments": {"query": "..."}}
       </tool_call>` or `<answer> text </answer>`.
@@ -211,8 +212,8 @@ class SearchQAEnv(gym.Env[str, str]):
     ## Rewards
     - Search / browse turn: 0 (information-gain rewards are added by `igpo_envs.information_gain`).
     - Answer turn: F1 (`reward_metric="f1"`) or EM (`"em"`) against the gold aliases, maximised over aliases.
-    - Malformed turn (unbalanced tags, bad JSON, unknown tool, empty query, both a tool call and an answer, ...):
-      `format_penalty` (default -2.0, the official IGPO value).
+    - Malformed turn (unbalanced, crossed or nested tags, bad JSON, unknown tool, empty query, both a tool call and
+      an answer, text too long, ...): `format_penalty` (default -2.0, the official IGPO value).
     - Turn limit reached without an answer: `no_answer_reward` (default: `format_penalty`, as the official IGPO code,
       which scores a transcript without `<answer>` as a format error).
 
