@@ -11,6 +11,7 @@ from YAML (flags given on the command line win)::
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,68 @@ def build_tiny_for_env(env, out_dir: str, *, seed: int = 0, max_texts: int = 200
     return build_tiny_model(out_dir, texts, seed=seed, **model_kwargs)
 
 
+class _RunFinished(Exception):
+    """The checkpoint to resume from has already reached max_steps."""
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[Path]]:
+    """The newest ``checkpoint-N`` of ``output_dir`` that was saved completely, and the newer ones skipped.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint without a readable one was interrupted while
+    saving (e.g. the job was killed) and cannot be resumed from.
+    """
+    import json
+    import re
+
+    numbered = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            numbered.append((int(match.group(1)), path))
+    skipped = []
+    for _, path in sorted(numbered, reverse=True):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+            if isinstance(state, dict) and isinstance(state.get("global_step"), int):
+                return path, skipped
+        except (OSError, ValueError):
+            pass
+        skipped.append(path)
+    return None, skipped
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str, max_steps: int) -> str | None:
+    """The checkpoint to resume from (``latest``: the newest complete one in ``output_dir``), or None.
+
+    Raises SystemExit with a clear message if ``latest`` finds no complete checkpoint, and ``_RunFinished`` if the
+    checkpoint has already reached ``max_steps``: transformers' loop checks ``max_steps`` only after a step, so
+    resuming a finished run would train one step more and overwrite the saved model.
+    """
+    import json
+
+    checkpoint = resume_from_checkpoint
+    if checkpoint == "latest":
+        found, skipped = latest_complete_checkpoint(output_dir)
+        for path in skipped:
+            print(f"igpo-train: skipping {path}: no readable trainer_state.json (saving it was interrupted)",
+                  file=sys.stderr)
+        if found is None:
+            raise SystemExit(f"igpo-train: --resume_from_checkpoint latest: no complete checkpoint (a checkpoint-N "
+                             f"directory with a trainer_state.json) in {output_dir}")
+        checkpoint = str(found)
+    if checkpoint is None or max_steps <= 0:  # epoch-based runs stop at their last epoch by themselves
+        return checkpoint
+    try:
+        step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return checkpoint  # the Trainer reports a checkpoint it cannot read
+    if isinstance(step, int) and step >= max_steps:
+        raise _RunFinished(f"igpo-train: {checkpoint} is at step {step} and --max_steps is {max_steps}: the run is "
+                           f"finished, nothing to train (raise --max_steps to continue it)")
+    return checkpoint
+
+
+
 def make_parser():
     from trl import ModelConfig, TrlParser
 
@@ -92,13 +155,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(script_args, training_args, model_args) -> int:
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import get_peft_config
 
     from igpo_trainer.trainer import IGPOTrainer, make_env, question_dataset
 
     if not model_args.model_name_or_path:
         raise SystemExit("igpo-train: --model_name_or_path is required (a hub id or a local model directory)")
+    try:  # before anything is built: a finished run must not load, train or save anything
+        checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir,
+                                        training_args.max_steps)
+    except _RunFinished as finished:
+        print(finished, file=sys.stderr)
+        return 0
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
@@ -121,12 +189,6 @@ def train(script_args, training_args, model_args) -> int:
         eval_dataset=question_dataset(env, eval_indices) if eval_indices is not None else None,
         peft_config=get_peft_config(model_args),
     )
-    checkpoint = training_args.resume_from_checkpoint  # a checkpoint directory, or "latest" in output_dir
-    if checkpoint == "latest":
-        checkpoint = get_last_checkpoint(training_args.output_dir)
-        if checkpoint is None:
-            raise SystemExit(f"igpo-train: --resume_from_checkpoint latest: no checkpoint in "
-                             f"{training_args.output_dir}")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
