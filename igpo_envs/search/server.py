@@ -47,7 +47,7 @@ class Limits:
 
     max_topk: int = 1000
     max_queries: int = 10_000
-    max_results: int = 20_000  # queries × topk: ~15-30 MiB of wiki-18 passages per response
+    max_results: int = 20_000  # queries × topk: ~14 MiB of wiki-18 passages (~0.7 KB each with its score)
     max_body_bytes: int = 16 * 1024 * 1024
 
 
