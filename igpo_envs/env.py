@@ -306,7 +306,8 @@ class SearchQAEnv(gym.Env[str, str]):
         self.max_turns = max_turns
         self.format_penalty = format_penalty
         self.observation_layout = observation_layout
-        self.no_answer_reward = self.format_penalty if no_answer_reward is None else float(no_answer_reward)
+        self.no_answer_reward = (self.format_penalty if no_answer_reward is None
+                                 else _finite_number("no_answer_reward", no_answer_reward))
         self.reward_metric = reward_metric
         self.prompt_template = prompt_template
         self.tools = tuple(tools)

@@ -118,7 +118,8 @@ def test_truncation_at_max_turns(toy_items, toy_retriever):
     env.reset(seed=0)
     for turn in range(1, 4):
         obs, reward, terminated, truncated, info = env.step("<search> Zorblat </search>")
-        assert reward == 0.0 and not terminated and truncated == (turn == 3)
+        # the turn limit without an answer: no_answer_reward, by default the format penalty (official IGPO)
+        assert reward == (-2.0 if turn == 3 else 0.0) and not terminated and truncated == (turn == 3)
     assert info["repeated_queries"] == 2 and info["num_searches"] == 3 and info["f1"] == 0.0
     with pytest.raises(ResetNeeded):
         env.step("<answer> Quenn </answer>")

@@ -115,6 +115,7 @@ def test_actions_inside_think_are_still_reasoning():
     ({"format_penalty": math.nan}, ValueError, "format_penalty must be a finite number"),
     ({"format_penalty": -math.inf}, ValueError, "format_penalty must be a finite number"),
     ({"format_penalty": True}, ValueError, "format_penalty must be a finite number"),
+    ({"no_answer_reward": math.nan}, ValueError, "no_answer_reward must be a finite number"),
     ({"tools": "search"}, ValueError, "tools must be a non-empty sequence"),
     ({"observation_layout": "searchr1"}, ValueError, "observation_layout"),
 ])
