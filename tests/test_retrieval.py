@@ -10,6 +10,7 @@ from pathlib import Path
 
 import bm25s
 import pytest
+from file_damage import DAMAGES, damage
 
 from igpo_envs.search import make_retriever
 from igpo_envs.search.base import Retriever
@@ -312,27 +313,6 @@ def test_build_index_and_open_a_prebuilt_directory(tmp_path):
         BM25Retriever.from_index_dir(tmp_path)
 
 
-def _damage(path: Path, how: str) -> None:
-    import numpy as np
-
-    data = path.read_bytes()
-    if how == "truncate":
-        path.write_bytes(data[: len(data) // 2])
-    elif how == "delete":
-        path.unlink()
-    elif how == "garble":
-        path.write_bytes(bytes((b * 31 + 7) % 256 for b in data))
-    elif how == "edit":  # the same size, still parseable: the damage only shows in the results
-        if path.suffix == ".npy":
-            values = np.load(path)
-            np.save(path, values[::-1].copy())
-        else:
-            text = bytearray(data)
-            i = text.rindex(b"e")  # a letter in the text (or a key): same length, still valid
-            text[i : i + 1] = b"o"
-            path.write_bytes(bytes(text))
-
-
 CACHE_FILES = ["data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json",
                "params.index.json", "passages.arrow"]
 CACHE_QUERIES = ["Evan Morris lobbyist", "Horatio Hale ethnologist", "Absalon Valdemar", "television series",
@@ -347,13 +327,13 @@ def sample_200(tmp_path_factory):
     return corpus, reference.search(CACHE_QUERIES, 5)
 
 
-@pytest.mark.parametrize("how", ["truncate", "delete", "garble", "edit"])
+@pytest.mark.parametrize("how", DAMAGES)
 @pytest.mark.parametrize("name", CACHE_FILES)
 def test_damaged_cache_file_is_rebuilt_with_a_warning(tmp_path, sample_200, name, how):
     """Any damaged file crashed every later start with raw library errors, or (edited) gave silently wrong results."""
     corpus, expected = sample_200
     first = BM25Retriever(corpus, cache_dir=tmp_path)
-    _damage(first.index_dir / name, how)
+    damage(first.index_dir / name, how)
     with pytest.warns(RuntimeWarning, match=f"{first.index_dir}.*unusable.*{name}.*rebuilding"):
         again = BM25Retriever(corpus, cache_dir=tmp_path)
     assert not again.loaded_from_cache and again.search(CACHE_QUERIES, 5) == expected

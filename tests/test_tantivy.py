@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from file_damage import DAMAGES, damage
 
 pytest.importorskip("tantivy")
 
@@ -156,7 +157,7 @@ def _tantivy_cache(tmp_path, monkeypatch):
     return make_retriever(corpus=SAMPLE, retriever="tantivy")
 
 
-@pytest.mark.parametrize("how", ["truncate", "delete", "garble", "edit"])
+@pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_auto_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, how):
     first = _tantivy_cache(tmp_path, monkeypatch)
     expected = first.search(["Evan Morris lobbyist", "Horatio Hale ethnologist"], 5)
@@ -165,15 +166,7 @@ def test_damaged_auto_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, how
     files = sorted(read_manifest(index_dir).files)
     segment = next(name for name in files if name.endswith(".store"))  # stored passages: a corrupt store crashed
     path = index_dir / segment
-    data = path.read_bytes()
-    if how == "truncate":
-        path.write_bytes(data[: len(data) // 2])
-    elif how == "delete":
-        path.unlink()
-    elif how == "garble":
-        path.write_bytes(bytes(255 - b for b in data))
-    else:  # same size, one byte flipped
-        path.write_bytes(data[:-20] + bytes([data[-20] ^ 1]) + data[-19:])
+    damage(path, how)
     with pytest.warns(RuntimeWarning, match=f"index cache .*tantivy-.* is unusable .*{segment}"):
         again = _tantivy_cache(tmp_path, monkeypatch)
     got = again.search(["Evan Morris lobbyist", "Horatio Hale ethnologist"], 5)
