@@ -311,6 +311,7 @@ class IGPOTrainer(GRPOTrainer):
             mask = output["completion_mask"] * output.get("tool_mask", torch.ones_like(output["completion_mask"]))
             counts = torch.tensor(dropped_sequences(output["importance_sampling_ratio"], mask), device=mask.device)
             dropped, trained = self.accelerator.gather(counts.reshape(1, 2)).sum(dim=0).tolist()
+            metrics["igpo/vllm_is_dropped_seqs"].append(float(dropped))
             metrics["igpo/vllm_is_dropped_frac"].append(dropped / max(1, trained))
 
     def _log_episode_metrics(self, mode: str, per_episode: list[dict], collapsed: float) -> None:

@@ -146,3 +146,24 @@ def test_official_system_prompt_examples_are_valid_turns():
     assert (search.kind, search.argument) == ("search", "your query")
     answer = parse_action(f"{THINK_OPEN}\nDone.\n</think>\n<answer>\nParis\n</answer>", "tool_call")
     assert (answer.kind, answer.argument) == ("answer", "Paris")
+
+
+def test_trainer_logs_what_vllm_importance_sampling_drops():
+    """With TRL's correction on, the step's output carries its weights; the trainer logs how many sequences they
+    drop (and how many rollouts had non-finite rewards) without touching anything else."""
+    from collections import defaultdict
+
+    from igpo_trainer.trainer import IGPOTrainer
+
+    trainer = SimpleNamespace(_metrics={"train": defaultdict(list)}, _warned_nonfinite=False,
+                              accelerator=SimpleNamespace(gather=lambda t: t))
+    mask = torch.ones(4, 3)
+    output = {"completion_mask": mask, "tool_mask": torch.tensor([[1, 0, 1]] * 4),
+              "importance_sampling_ratio": torch.tensor([[0.0], [1.0], [0.0], [2.5]])}
+    IGPOTrainer._log_robustness(trainer, "train", output, 0)
+    metrics = trainer._metrics["train"]
+    assert metrics["igpo/vllm_is_dropped_seqs"] == [2.0] and metrics["igpo/vllm_is_dropped_frac"] == [0.5]
+    assert metrics["igpo/nonfinite_reward_rollouts"] == [0.0] and not trainer._warned_nonfinite
+    with pytest.warns(RuntimeWarning, match="non-finite reward"):  # correction off: no IS metric
+        IGPOTrainer._log_robustness(trainer, "train", {"completion_mask": mask}, 3)
+    assert metrics["igpo/vllm_is_dropped_seqs"] == [2.0] and metrics["igpo/nonfinite_reward_rollouts"] == [0.0, 3.0]
