@@ -398,3 +398,20 @@ def test_make_retriever_errors(tmp_path, toy_retriever):
         make_retriever(corpus=[SMALL[0], "not a passage"], cache_dir=tmp_path)
     with pytest.raises(ValueError, match="without a corpus"):
         make_retriever(cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_corpus_rows_are_the_stored_rows(tmp_path, gz):
+    from igpo_envs.search.corpus import CorpusRows
+
+    rows = [{"id": "1", "contents": "Untitled text"}, {"id": 2, "title": "T", "text": "y", "extra": [1]},
+            {"id": "1", "contents": '"Again"\nsame id'}]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    if gz:
+        gz_path = tmp_path / "c.jsonl.gz"
+        gz_path.write_bytes(gzip.compress(path.read_bytes()))
+        path = gz_path
+    with pytest.warns(RuntimeWarning, match="1 rows repeat an earlier row's id"):
+        stored = CorpusRows(path)
+    assert stored.get("1") == rows[0] and stored.get("2") == rows[1] and stored.get(2) == rows[1]
+    assert stored.get("3") is None and len(stored) == 3

@@ -168,6 +168,12 @@ class CorpusRows:
         self._keys = np.asarray(keys, dtype=np.uint64)[order]
         self._starts = np.asarray(starts, dtype=np.int64)[order]
         self._ends = np.asarray(ends, dtype=np.int64)[order]
+        repeated = int(np.count_nonzero(self._keys[1:] == self._keys[:-1]))
+        if repeated:  # (or, once in ~10^19 pairs, two ids with one hash: get() compares the real ids)
+            import warnings
+
+            warnings.warn(f"{self.path}: {repeated} rows repeat an earlier row's id; a passage with a repeated id "
+                          f"is served as the first row with that id", RuntimeWarning, stacklevel=2)
 
     def __len__(self) -> int:
         return len(self._keys)
