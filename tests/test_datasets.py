@@ -243,8 +243,9 @@ def test_data_source_filter_on_jsonl_and_items(tmp_path):
         {"id": "a", "question": "q", "golden_answers": ["x"], "data_source": "nq"},
         {"id": "b", "question": "q", "golden_answers": ["x"], "data_source": "tq"},
         {"id": "c", "question": "q", "golden_answers": ["x"]},  # unlabelled: taken to be of the requested source
+        {"id": "d", "question": "q", "golden_answers": ["x"], "data_source": None},
     ])
-    assert [item.id for item in load_questions(path, data_source="tq")] == ["b", "c"]
+    assert [item.id for item in load_questions(path, data_source="tq")] == ["b", "c", "d"]
     items = [QAItem("a", "q", ("x",), "nq"), QAItem("b", "q", ("x",), "tq")]
     assert load_questions(items, data_source="nq") == items[:1]
     with pytest.raises(ValueError, match="no questions found with data_source='popqa'"):

@@ -126,7 +126,7 @@ def load_flashrag_jsonl(path: str | Path, data_source: str = "") -> list[QAItem]
         metadata = row.get("metadata", {})
         if not isinstance(metadata, dict):
             raise _row_error(path, where, "metadata", f"expected an object, got {type(metadata).__name__}")
-        source = row.get("data_source", data_source)
+        source = data_source if row.get("data_source") is None else row["data_source"]
         if not isinstance(source, str):
             raise _row_error(path, where, "data_source", f"expected a string, got {type(source).__name__}")
         items.append(
