@@ -171,3 +171,16 @@ def test_eval_without_a_retriever_refuses_and_says_how_to_pass_one(capsys):
     assert main(["--env", "igpo/NQ-v0", "--agent", "search-question", "--episodes", "2", "--no-progress"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "--env-kwargs '{\"corpus\"" in captured.err and "retriever_url" in captured.err
+
+
+@pytest.mark.parametrize("layout", ["igpo", "search-r1"])
+def test_search_question_agent_reads_the_top_title_in_both_layouts(layout):
+    from igpo_envs.types import Passage
+
+    env = SearchQAEnv(ITEMS, retriever=KeywordRetriever([Passage("b", "Quenn (star)", "Quenn star text.")]),
+                      observation_layout=layout)
+    agent = make_agent("search-question")
+    agent.bind(env)
+    obs, info = env.reset(options={"question_index": 0})
+    obs, *_, info = env.step(agent.act(obs, info))
+    assert agent.act(obs, info) == "<answer> Quenn (star) </answer>"

@@ -18,7 +18,8 @@ from typing import Any
 
 from igpo_envs.types import QAItem
 
-_TOP_TITLE = re.compile(r"Doc 1 \(Title: (.*?)\)")
+# The top title in either observation layout: `Doc 1 (Title: Paris (band)) ...` or `Doc 1(Title: "Paris (band)") ...`.
+_TOP_TITLE = re.compile(r'Doc 1 ?\(Title: "?(.*?)"?\) ')
 
 
 def search_text(query: str, protocol: str) -> str:
