@@ -171,6 +171,21 @@ def test_broken_http_gets_an_http_answer(server):
             assert conn.recv(100).startswith((b"HTTP/1.1 400", b"HTTP/1.1 413"))
 
 
+def test_idle_connections_and_stalled_bodies_time_out(bm25):
+    """The threaded server held a thread per idle connection forever; uvicorn alone never closes a connection that
+    sends nothing, nor gives up on a body that stops halfway."""
+    with serve(bm25, timeout_keep_alive=0.5, body_timeout=0.5) as srv:
+        idle = socket.create_connection(srv.server_address, timeout=10)
+        stalled = socket.create_connection(srv.server_address, timeout=10)
+        stalled.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        start = time.monotonic()
+        assert idle.recv(100) == b""  # closed by the server
+        assert stalled.recv(1000).startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - start < 5
+        idle.close()
+        stalled.close()
+
+
 def test_idle_connections_do_not_block_requests(server):
     idle = [socket.create_connection(server.server_address, timeout=5) for _ in range(200)]
     try:  # the threaded server held one thread per idle connection; uvicorn holds none

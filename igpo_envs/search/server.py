@@ -12,8 +12,9 @@ Endpoints (one FastAPI app, :func:`create_app`, served by uvicorn here and used 
 
 A body that is not such a request gets 422 with FastAPI's ``{"detail": [...]}`` naming the field; a body over
 ``max_body_bytes`` gets 413; more than ``max_queries`` queries, ``topk`` over ``max_topk`` or ``queries × topk``
-over ``max_results`` get 422 naming the limit (a client splits its batch to fit, see ``/health``); a failing
-retriever gets 500. Connections, keep-alive timeouts and malformed HTTP are uvicorn's job.
+over ``max_results`` get 422 naming the limit (a client splits its batch to fit, see ``/health``); a body not received
+within ``body_timeout`` seconds gets 408; a failing retriever gets 500. Malformed HTTP, the listen backlog and idle
+connections are uvicorn's job (its keep-alive timeout also closes a connection that never sends a request).
 
 Run ``igpo-retriever --corpus corpus.jsonl --port 8000`` (binds 127.0.0.1 unless ``--host`` says otherwise), then
 point an env at it with ``retriever_url="http://127.0.0.1:8000/retrieve"``. Needs ``pip install "igpo[server]"``.
@@ -122,13 +123,16 @@ class _BodySizeLimit:
 
 
 def create_app(retriever: Retriever, *, default_topk: int = 3, limits: Limits = Limits(),
-               rows: "CorpusRows | None" = None, name: str | None = None) -> "FastAPI":
+               rows: "CorpusRows | None" = None, name: str | None = None, body_timeout: float = 30.0) -> "FastAPI":
     """The Search-R1 ``/retrieve`` + ``/health`` FastAPI app answering from ``retriever``.
 
     ``rows`` (:class:`~igpo_envs.search.corpus.CorpusRows` of the indexed corpus) makes documents the stored rows;
-    ``name`` is what ``/health`` reports as ``retriever`` (default: the retriever's class name).
+    ``name`` is what ``/health`` reports as ``retriever`` (default: the retriever's class name); a client that has
+    not sent its whole body after ``body_timeout`` seconds gets 408.
     """
     fastapi = _fastapi()
+    import asyncio
+
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ValidationError
     from starlette.concurrency import run_in_threadpool
@@ -151,7 +155,11 @@ def create_app(retriever: Retriever, *, default_topk: int = 3, limits: Limits = 
 
     @app.post("/retrieve")
     async def retrieve(request: fastapi.Request):
-        body = await request.body()
+        try:
+            body = await asyncio.wait_for(request.body(), body_timeout)
+        except asyncio.TimeoutError:
+            return JSONResponse({"detail": f"request body not received within {body_timeout} s"}, status_code=408,
+                                headers={"Connection": "close"})
         try:  # parsed here, not by FastAPI, so that deep nesting and huge integers are a 422 too
             data = json.loads(body)
         except (ValueError, RecursionError) as exc:
@@ -187,6 +195,20 @@ def create_app(retriever: Retriever, *, default_topk: int = 3, limits: Limits = 
     return app
 
 
+def _idle_timeout_protocol():
+    """uvicorn's h11 protocol whose keep-alive timeout also runs from the moment a connection opens: uvicorn starts
+    it only after a response, so a client that connects and sends nothing would hold its connection forever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class IdleTimeoutH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+
+    return IdleTimeoutH11Protocol
+
+
 def _bind(host: str, port: int, backlog: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host, port), family=family, backlog=backlog)
@@ -203,7 +225,7 @@ class RetrieverServer:
         self.server_address = self.socket.getsockname()[:2]
         config = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
                                 backlog=backlog, timeout_keep_alive=timeout_keep_alive,
-                                limit_concurrency=max_connections, lifespan="off")
+                                limit_concurrency=max_connections, lifespan="off", http=_idle_timeout_protocol())
         self.uvicorn = uvicorn.Server(config)
         self.thread: threading.Thread | None = None
 
@@ -245,14 +267,15 @@ class RetrieverServer:
 
 
 def serve(retriever: Retriever, host: str = "127.0.0.1", port: int = 0, *, default_topk: int = 3,
-          limits: Limits = Limits(), rows: "CorpusRows | None" = None, verbose: bool = False) -> RetrieverServer:
+          limits: Limits = Limits(), rows: "CorpusRows | None" = None, verbose: bool = False,
+          timeout_keep_alive: float = 5.0, body_timeout: float = 30.0) -> RetrieverServer:
     """Start serving ``retriever`` in a background thread and return the running server.
 
     ``port=0`` picks a free port: read it from ``server.server_address[1]`` (or use ``server.url``). Stop it with
     ``server.shutdown(); server.server_close()`` (or use it as a context manager).
     """
-    app = create_app(retriever, default_topk=default_topk, limits=limits, rows=rows)
-    return RetrieverServer(app, host, port, verbose=verbose).start()
+    app = create_app(retriever, default_topk=default_topk, limits=limits, rows=rows, body_timeout=body_timeout)
+    return RetrieverServer(app, host, port, verbose=verbose, timeout_keep_alive=timeout_keep_alive).start()
 
 
 def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
