@@ -539,7 +539,7 @@ def test_shipped_configs_parse_into_igpo_config(name):
         assert (config.learning_rate, config.num_generations, config.max_turns) == (1e-6, 16, 10)
         assert (config.beta, config.epsilon, config.use_vllm) == (0.001, 0.2, True)
         # the official code's loss aggregation (seq-mean-token-sum, up to a constant), entropy bonus, rollout format
-        assert (config.loss_type, config.entropy_coef) == ("dr_grpo", 0.001)
+        assert (config.loss_type, config.entropy_coef, config.delta) == ("dr_grpo", 0.001, 3.0)
         assert (config.protocol, config.system_prompt, config.force_think, config.probe_style) == (
             "tool_call", "official", True, "official")
         assert config.turn_length == 2000 and not config.vllm_importance_sampling_correction
