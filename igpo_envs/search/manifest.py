@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from igpo_envs.search.corpus import file_content_hash
+
 MANIFEST_NAME = "igpo_index.json"
 MANIFEST_FORMAT = 1
 ENGINES = ("bm25s", "tantivy", "dense")
@@ -96,7 +98,7 @@ class IndexManifest:
             if size != recorded.get("bytes"):
                 raise IndexManifestError(f"{path}: {size} bytes, {recorded.get('bytes')} at build time (truncated or "
                                          f"rewritten)")
-            if full and _sha256(path) != recorded.get("sha256"):
+            if full and file_content_hash(path) != recorded.get("sha256"):
                 raise IndexManifestError(f"{path}: content differs from its checksum at build time (edited or "
                                          f"corrupted)")
 
@@ -123,16 +125,6 @@ def index_is_intact(index_dir: str | Path) -> bool:
         return False
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _index_files(index_dir: Path) -> list[Path]:
     """The files an index consists of: all but the manifest and tantivy's lock files (created by readers)."""
     return sorted(p for p in index_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
@@ -142,7 +134,8 @@ def _index_files(index_dir: Path) -> list[Path]:
 def write_manifest(index_dir: str | Path, manifest: IndexManifest) -> Path:
     """Write the manifest last, with the checksum of every file already in ``index_dir``."""
     if not manifest.files:
-        manifest.files = {p.relative_to(index_dir).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        manifest.files = {p.relative_to(index_dir).as_posix(): {"sha256": file_content_hash(p),
+                                                                "bytes": p.stat().st_size}
                           for p in _index_files(Path(index_dir))}
     path = Path(index_dir) / MANIFEST_NAME
     path.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n")
