@@ -299,6 +299,15 @@ def test_timeout_is_an_overall_deadline_against_a_dripping_server():
         assert client.search(["q"], 1) == [[Passage("1", "", "x")]]
 
 
+def test_a_retry_after_beyond_the_deadline_is_not_waited_for():
+    busy = lambda r: Response(503, "busy", {"Retry-After": "30"})  # noqa: E731
+    with LocalServer({"/retrieve": busy}) as srv:
+        start = time.monotonic()
+        with pytest.raises(RetrieverError, match="DeadlineExceeded"):
+            HTTPRetriever(srv.url("/retrieve"), timeout=1.0, max_retries=3).search(["q"], 1)
+        assert time.monotonic() - start < 2
+
+
 def test_one_retrying_session_for_every_http_client():
     from igpo_envs.agents.llm import OpenAIChatAgent
     from igpo_envs.search.sessions import DeadlineSession

@@ -145,8 +145,12 @@ class _DeadlineRetry(Retry):
 
     def sleep(self, response: Any = None) -> None:
         deadline = _active()
-        if deadline is not None and deadline.remaining() <= self.get_backoff_time():
-            raise _DeadlinePassed
+        if deadline is not None:
+            wait = self.get_backoff_time()
+            if self.respect_retry_after_header and response is not None:
+                wait = max(wait, self.get_retry_after(response) or 0.0)
+            if deadline.remaining() <= wait:
+                raise _DeadlinePassed
         super().sleep(response)
 
 
