@@ -10,6 +10,7 @@ saved ``tokenizer.json`` has a different model type, in which case it loads that
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -40,3 +41,47 @@ def stop_token_ids(tokenizer, stops) -> list[int] | None:
     """
     added = tokenizer.get_added_vocab()
     return [added[s] for s in stops] if stops and all(s in added for s in stops) else None
+
+
+def stopping_kwargs(tokenizer, stops, eos_token_ids) -> dict:
+    """Keyword arguments for transformers' ``generate`` that end a turn right after the first of ``stops``.
+
+    Atomic stops (`stop_token_ids`) become extra EOS ids. Otherwise HF's ``StopStringCriteria`` stops at the token
+    that completes a stop string: real BPE vocabularies spell ``</answer>`` as several tokens (``'</'``, ``'answer'``,
+    ``'>'``) and may end it inside a longer token (``'>Ċ'``), which it also catches. The criterion is built once per
+    tokenizer and stops (over a 151k vocabulary that takes seconds; ``generate(stop_strings=...)`` rebuilds it on
+    every call).
+    """
+    ids = stop_token_ids(tokenizer, stops)
+    eos = [] if eos_token_ids is None else [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+    if ids is not None:
+        return {"eos_token_id": [*eos, *(i for i in ids if i not in eos)]}
+    from transformers import StoppingCriteriaList
+
+    criteria = StoppingCriteriaList([_stop_string_criterion(tokenizer, tuple(stops))])
+    return {"stopping_criteria": criteria, **({"eos_token_id": eos} if eos else {})}
+
+
+@lru_cache(maxsize=16)
+def _stop_string_criterion(tokenizer, stops: tuple[str, ...]):
+    from transformers import StopStringCriteria
+
+    return StopStringCriteria(tokenizer, list(stops))
+
+
+def generated_turn(tokenizer, ids, stops, eos_token_ids, pad_token_id) -> list[int]:
+    """The tokens of one turn from a row of ``generate``'s output (after the prompt): up to and including the first
+    EOS, else without the padding that follows a row that stopped early (at a stop string or stop id).
+
+    When pad == EOS, an "EOS" after a completed stop string is that padding, not a token the policy chose (the stop
+    string may end inside the turn's last token, e.g. ``'>Ċ'``, so it is looked for anywhere in the turn).
+    """
+    ids, eos = list(ids), set(eos_token_ids)
+    for pos, token in enumerate(ids):
+        if token in eos:
+            if pad_token_id in eos and any(s in tokenizer.decode(ids[:pos]) for s in stops):
+                return ids[:pos]
+            return ids[: pos + 1]
+    while ids and ids[-1] == pad_token_id:
+        ids.pop()
+    return ids

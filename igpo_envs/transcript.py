@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from igpo_envs.protocol import observation_text
+from igpo_envs.protocol import _RESULT_TAGS, observation_text
 
 __all__ = [
     "Transcript",
@@ -37,6 +37,7 @@ __all__ = [
     "render_messages",
     "render_turns",
     "split_prompt",
+    "tool_message_content",
     "transcript_text",
     "turn_encoding",
     "turn_ids",
@@ -183,6 +184,17 @@ def render_turns(
         if turn[1] is not None:
             messages.append({"role": "user", "content": turn[1]})
     return render_messages(tokenizer, messages, turn_opening=turn_opening, **chat_template_kwargs)
+
+
+def tool_message_content(observation: str) -> str:
+    """An observation as the content of a chat ``tool`` message (the ``chat`` layout of TRL's ``environment_factory``
+    rollouts and of ``HFAgent(transcript="chat")`` with tool-calling templates): without the protocol's result tags,
+    which such a chat template writes itself (Qwen2.5 wraps tool results in ``<tool_response>``)."""
+    text = observation.strip()
+    for tag in _RESULT_TAGS.values():
+        if text.startswith(f"<{tag}>") and text.endswith(f"</{tag}>"):
+            return text[len(tag) + 2 : -(len(tag) + 3)].strip()
+    return text
 
 
 def transcript_text(tokenizer, messages: Sequence[Mapping[str, str]], **chat_template_kwargs: Any) -> str:

@@ -84,8 +84,8 @@ QUICK = DemoSettings(num_docs=200, train_questions=40, eval_questions=16, hidden
 # ---------------------------------------------------------------------------------------------- evaluation agent
 class PolicyAgent:
     """A causal LM as an `igpo_envs` agent that sees exactly what it saw in training: the prompt through the chat
-    template, then its own turns and the observations spliced in as `igpo_trainer.rollout.observation_text` (one
-    running assistant message, as `run_episodes` builds it). Greedy by default."""
+    template, then its own turns and the observations, each piece tokenised on its own (`igpo_envs.transcript`, as
+    `run_episodes` builds a rollout). Greedy by default."""
 
     def __init__(self, model, tokenizer, *, protocol: str = "tag", max_new_tokens: int = 32,
                  temperature: float = 0.0):
@@ -101,14 +101,9 @@ class PolicyAgent:
         self.generate = HFTurnGenerator(model, tokenizer, config, STOP_STRINGS[protocol], [tokenizer.eos_token_id])
 
     def context(self, info: dict[str, Any]) -> list[int]:
-        from igpo_trainer.rollout import encode_prompt, observation_text
+        from igpo_envs.transcript import render_messages
 
-        messages = info["messages"]
-        ids = list(encode_prompt(self.tokenizer, messages[0]["content"]))
-        for message in messages[1:]:
-            text = message["content"] if message["role"] == "assistant" else observation_text(message["content"])
-            ids += self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids
+        return render_messages(self.tokenizer, info["messages"]).ids
 
     def act(self, observation: str, info: dict[str, Any]) -> str:
         return self.act_batch([observation], [info])[0]

@@ -31,8 +31,6 @@ import torch
 
 from igpo_envs.hf_tokenizer import generated_turn, stop_token_ids, stopping_kwargs
 from igpo_envs.transcript import observation_ids, prompt_ids
-from igpo_envs.transcript import observation_ids, prompt_ids
-from igpo_envs.transcript import observation_ids, prompt_ids
 from igpo_envs.protocol import THINK_OPEN, observation_text  # noqa: F401  (re-exported: the trainer's rendering)
 from igpo_trainer.advantages import finite_turn_advantages
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from igpo_envs.transcript import tool_message_content
+
 TASK_TEXT = (
     "Answer the question below. Use the search tool to look up what you do not know; call it as often as you need. "
     "When you know the answer, call the answer tool with a short answer.\nQuestion: {question}"
@@ -95,7 +97,7 @@ class IGPOToolEnv:
             return "The episode is over; no more searches."
         call = json.dumps({"name": "search", "arguments": {"query": query}})
         observation = self._step(f"<tool_call>{call}</tool_call>")
-        return _strip_result_tags(observation)
+        return tool_message_content(observation)
 
     def answer(self, answer: str) -> str:
         """Submit the final answer to the question. Call it once, when you know the answer.
@@ -120,15 +122,6 @@ class IGPOToolEnv:
 
     def _format_penalty(self) -> float:
         return float(getattr(self.env.unwrapped, "format_penalty", -2.0))
-
-
-def _strip_result_tags(observation: str) -> str:
-    """The passages without the ``<tool_response>`` wrapper (the chat template adds its own)."""
-    text = observation.strip()
-    for tag in ("tool_response", "information"):
-        if text.startswith(f"<{tag}>") and text.endswith(f"</{tag}>"):
-            return text[len(tag) + 2 : -(len(tag) + 3)].strip()
-    return text
 
 
 def tool_env_dataset(env, indices=None, *, repeat: int = 1):

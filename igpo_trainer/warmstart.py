@@ -13,7 +13,7 @@ learn. So the demonstrations mix three plans (`PLANS`):
   never a wrong-reading one), so the reading skill taught stays clean.
 
 Every trajectory is played in the real env (so observations are the retriever's real passages) and tokenised with the
-trainer's own functions (`igpo_trainer.rollout.encode_prompt`, `observation_text`): prompt through the chat template,
+trainer's own rendering (`igpo_envs.transcript`): prompt through the chat template,
 each policy turn as its own tokens, each observation spliced in as ``observation_text(obs)``. Loss is on the policy
 turns only (TRL's ``completion_mask`` with ``completion_only_loss=True``): prompt and observation tokens are masked.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from igpo_envs.hf_tokenizer import load_tokenizer
-from igpo_trainer.rollout import encode_prompt, observation_text
+from igpo_envs.transcript import render_turns
 
 PLANS = ("oracle", "naive_recover", "naive_read")
 _SYNTH_ID = re.compile(r"^synth-(\d+)$")
@@ -113,21 +113,12 @@ def _read_along(world, base, item, relations: Sequence[str], query: str, search)
 
 
 def render_trajectory(tokenizer, prompt: str, turns: Sequence[tuple[str, str | None]]) -> dict[str, list[int]]:
-    """Token ids and loss mask of one trajectory, exactly as `igpo_trainer.rollout.run_episodes` builds a rollout:
-    ``completion_mask`` is 1 on policy-turn tokens and the closing EOS, 0 on the prompt and on observations."""
-    input_ids = list(encode_prompt(tokenizer, prompt))
-    mask = [0] * len(input_ids)
-    for action, observation in turns:
-        ids = tokenizer(action, add_special_tokens=False)["input_ids"]
-        input_ids += ids
-        mask += [1] * len(ids)
-        if observation is not None:
-            obs = tokenizer(observation_text(observation), add_special_tokens=False)["input_ids"]
-            input_ids += obs
-            mask += [0] * len(obs)
-    input_ids.append(tokenizer.eos_token_id)  # the policy learns to stop after its answer
-    mask.append(1)
-    return {"input_ids": input_ids, "completion_mask": mask}
+    """Token ids and loss mask of one trajectory, exactly as `igpo_trainer.rollout.run_episodes` builds a rollout
+    (`igpo_envs.transcript.render_turns`): ``completion_mask`` is 1 on policy-turn tokens and the closing EOS, 0 on
+    the prompt and on observations."""
+    transcript = render_turns(tokenizer, prompt, turns)
+    # The policy learns to stop after its answer.
+    return {"input_ids": transcript.ids + [tokenizer.eos_token_id], "completion_mask": transcript.agent_mask + [1]}
 
 
 def demonstrations(env, tokenizer, num: int, *, naive_share: float = 0.5, recover_share: float = 0.3,

@@ -105,3 +105,21 @@ def smollm2_tokenizer(smollm2_path):
 def real_tokenizer(request):
     """Each real byte-level BPE tokenizer in turn: token-level paths must be exact with both."""
     return request.getfixturevalue("qwen_tokenizer" if request.param == "qwen2.5" else "smollm2_tokenizer")
+
+
+@pytest.fixture(scope="session")
+def real_vocab_model_dir(real_tokenizer, tmp_path_factory):
+    """A tiny random Llama over the real tokenizer's whole vocabulary, saved with that tokenizer (for code that loads
+    a model path, e.g. HFAgent): exact token-level checks without a real model's weights."""
+    import torch
+    import transformers
+
+    tok = real_tokenizer
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                      num_attention_heads=1, num_key_value_heads=1, tie_word_embeddings=True,
+                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_real_vocab")
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -18,6 +18,7 @@ from igpo_envs.information_gain import (  # noqa: E402
     information_gain,
     information_gains,
     log_prob_diff,
+    masked_attention,
     per_prefix_answer_logprobs,
     prob_diff,
     render_history,
@@ -220,11 +221,50 @@ def test_bad_input_is_a_clear_error(kwargs, message):
         answer_logprobs(model, **args)
 
 
-def test_attention_without_custom_masks_is_refused():
+@pytest.mark.parametrize("impl", ["flash_attention_2", "flex_attention", "kernels-community/flash-attn"])
+@pytest.mark.parametrize("method", ["packed", "cached"])
+def test_any_attention_implementation_is_scored(impl, method):
+    """A model configured with an attention that takes no 4-D mask (flash-attn needs a GPU here, so only the config
+    says so) is switched to sdpa for the scoring pass and switched back: same numbers, no crash."""
     model = tiny_model("qwen2", "sdpa")
-    model.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask: would silently ignore ours
-    with pytest.raises(ValueError, match="custom 4-D mask.*flash_attention_2"):
-        answer_logprobs(model, rand_ids(20, 9), [5, 20], PROBE, PROBE_MASK)
+    seq, bounds = rand_ids(40, 9), [5, 20, 40]
+    expected = per_prefix_answer_logprobs(model, seq, bounds, PROBE, PROBE_MASK)
+    model.config._attn_implementation_internal = impl
+    with masked_attention(model) as packed:
+        assert packed and model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == impl
+    got = answer_logprobs(model, seq, bounds, PROBE, PROBE_MASK, method=method)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    assert model.config._attn_implementation == impl
+    assert all(m.config._attn_implementation == impl for m in model.modules() if hasattr(m, "config"))
+
+
+def test_a_model_that_cannot_switch_attention_is_scored_per_prefix(monkeypatch):
+    model = tiny_model("llama", "sdpa")
+    seq, bounds = rand_ids(30, 4), [3, 17, 30]
+    expected = per_prefix_answer_logprobs(model, seq, bounds, PROBE, PROBE_MASK)
+    model.config._attn_implementation_internal = "flash_attention_2"
+
+    def refuse(implementation):
+        raise ValueError(f"{implementation} is not supported")
+
+    calls = []
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    real_forward = model.forward
+
+    def plain_forward(*args, **kwargs):  # what flash attention can run: no custom mask
+        calls.append(kwargs.get("attention_mask"))
+        model.config._attn_implementation_internal = "sdpa"
+        try:
+            return real_forward(*args, **kwargs)
+        finally:
+            model.config._attn_implementation_internal = "flash_attention_2"
+
+    monkeypatch.setattr(model, "forward", plain_forward)
+    got = batch_answer_logprobs(model, [seq, seq[:20]], [bounds, [3, 17]], PROBE, PROBE_MASK)
+    torch.testing.assert_close(got[0], expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got[1], expected[:2], atol=ATOL, rtol=0)
+    assert len(calls) == 5 and all(m is None for m in calls)  # one plain pass per prefix
 
 
 def test_batch_errors_name_the_sequence():

@@ -70,3 +70,92 @@ def test_probe_with_a_forced_turn_opening(real_tokenizer):
     rest = "".join(answer_probe("Paris", "tag", "official"))[len("<think>"):]
     assert probe == opening + turn_ids(tok, rest)
     assert tok.decode([i for i, s in zip(probe, score) if s]).strip() == "Paris"
+
+
+# --- stopping: a turn ends right after its closing tag, which real vocabularies spell as several tokens -------------
+
+
+class ForcedWriter:
+    """Makes a model write fixed token sequences (one per batch row), whatever its weights: each forward pass keeps
+    the model's computation (and KV cache) but puts all the probability on the row's next scripted token."""
+
+    def __init__(self, model, scripts, filler):
+        self.model, self.scripts, self.filler, self.step = model, scripts, filler, 0
+        self.forward = model.forward
+        model.forward = self
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        out = self.forward(*args, **kwargs)
+        if kwargs["input_ids"].shape[1] > 1:  # the prefill of a new generate call
+            self.step = 0
+        logits = torch.full_like(out.logits[:, -1:], -1e9)
+        for row, script in enumerate(self.scripts):
+            logits[row, -1, script[self.step] if self.step < len(script) else self.filler] = 0.0
+        out.logits = logits
+        self.step += 1
+        return out
+
+
+def stop_cases(tok):
+    """(protocol, turn that must be cut right after its closing tag, text the model would write on)."""
+    call = '<tool_call>{"name": "search", "arguments": {"query": "Quenn"}}</tool_call>'
+    return [
+        ("tag", "<think> look it up </think>\n<search> Quenn star </search>", " and more text"),
+        ("tag", "<search> Quenn star </search>\n", "<information> fake"),  # '>\n' may end the tag inside a token
+        ("tag", "<answer> Uppsala </answer>", "\nmore"),
+        ("tool_call", call, "\n" + call),
+        ("tool_call", "<answer> Uppsala </answer>", " trailing words"),
+    ]
+
+
+def test_turn_generation_stops_right_after_the_closing_tag(real_tokenizer, real_vocab_model_dir):
+    """The rollout's HF backend and HFAgent both end a turn at the token that completes its closing tag, in a batch
+    where rows stop at different steps (the shorter row's padding is not part of its turn)."""
+    import transformers
+
+    from igpo_envs.agents.llm import HFAgent
+    from igpo_trainer.rollout import STOP_STRINGS, HFTurnGenerator
+
+    tok = real_tokenizer
+    model = transformers.AutoModelForCausalLM.from_pretrained(real_vocab_model_dir).eval()
+    agent = HFAgent(str(real_vocab_model_dir), max_new_tokens=64)
+    filler = turn_ids(tok, " x")[0]
+    context = turn_ids(tok, "Question: where was the discoverer of Quenn born?\n")
+    config = transformers.GenerationConfig(do_sample=False, eos_token_id=tok.eos_token_id,
+                                           pad_token_id=tok.pad_token_id)
+    for protocol, turn, run_on in stop_cases(tok):
+        full = turn_ids(tok, turn + run_on)
+        # Where the turn ends in the model's tokens: the first token whose end reaches the closing tag's end.
+        ends = [len(tok.decode(full[: n + 1])) for n in range(len(full))]
+        cut = next(n + 1 for n, e in enumerate(ends) if e >= len(turn.rstrip("\n")))
+        expected = full[:cut]
+        short = turn_ids(tok, "<search> Quenn </search>") + turn_ids(tok, " never read")
+        writer = ForcedWriter(model, [full, short], filler)
+        generate = HFTurnGenerator(model, tok, config, STOP_STRINGS[protocol], [tok.eos_token_id])
+        (got, _), (got_short, _) = generate([context, context], 48)
+        assert got == expected, (protocol, tok.convert_ids_to_tokens(got), tok.convert_ids_to_tokens(expected))
+        if protocol == "tag":
+            assert got_short == turn_ids(tok, "<search> Quenn </search>")
+        model.forward = writer.forward
+
+        ForcedWriter(agent.model, [full], filler)
+        text = agent.act("", {"messages": [{"role": "user", "content": "Question: where?"}]})
+        assert text == tok.decode(expected, skip_special_tokens=True)
+        agent.model.forward = agent.model.__class__.forward.__get__(agent.model)
+
+
+def test_stop_strings_of_the_protocols(real_tokenizer):
+    """Atomic closing tags stop by id; multi-token ones by HF's stop strings, both backends the same strings."""
+    from igpo_envs.hf_tokenizer import stop_token_ids, stopping_kwargs
+    from igpo_trainer.rollout import STOP_STRINGS
+
+    tok = real_tokenizer
+    for protocol, stops in STOP_STRINGS.items():
+        assert stop_token_ids(tok, stops) is None  # '</answer>' is ordinary text in both vocabularies
+        kwargs = stopping_kwargs(tok, stops, [tok.eos_token_id])
+        (criterion,) = kwargs["stopping_criteria"]
+        assert criterion.stop_strings == stops and kwargs["eos_token_id"] == [tok.eos_token_id]
+        assert stopping_kwargs(tok, stops, [tok.eos_token_id])["stopping_criteria"][0] is criterion  # built once
+    assert len(turn_ids(tok, "</answer>")) > 1

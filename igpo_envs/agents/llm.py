@@ -1,7 +1,8 @@
 """LLM agents for `igpo-eval`: a local transformers model and any OpenAI-compatible chat-completions endpoint.
 
 Both read the env's chat history from ``info["messages"]`` and stop generating at the end of an action
-(``</search>``, ``</answer>``, ``</tool_call>``, ``</browse>``), returning the turn text up to and including it.
+(``</search>``, ``</answer>``, ``</tool_call>``, ``</browse>``), returning the turn text up to and including it
+(`HFAgent`: up to the end of the token that completes it, exactly the turn an ``igpo-train`` rollout records).
 
 * ``--agent hf:<model dir or hub id>`` → `HFAgent`: the tokenizer's chat template, greedy (``temperature=0``) or
   sampled, episodes batched together with left padding.
@@ -22,7 +23,8 @@ from typing import Any
 import requests
 
 from igpo_envs.agents.base import register_agent
-from igpo_envs.hf_tokenizer import load_tokenizer, stop_token_ids
+from igpo_envs.hf_tokenizer import generated_turn, load_tokenizer, stopping_kwargs
+from igpo_envs.transcript import render_messages, transcript_text
 
 #: Closing tags that end a turn's action, in both protocols. OpenAI-style APIs accept at most four stop sequences.
 ACTION_STOPS = ("</search>", "</answer>", "</tool_call>", "</browse>")
@@ -76,8 +78,8 @@ class HFAgent:
         chat_template_kwargs: extra arguments for ``apply_chat_template`` (e.g. ``{"enable_thinking": False}``).
         transcript: how the episode so far is shown to the model. ``"chat"``: one chat message per turn (for
             instruct models). ``"inline"``: the layout ``igpo-train`` rollouts use (the chat-templated prompt, then
-            the agent's turns and the observations as one running assistant message,
-            `igpo_envs.information_gain.render_history`) — use it for models trained with igpo.
+            the agent's turns and the observations as one running assistant message, every piece tokenised on its
+            own: `igpo_envs.transcript`) — use it for models trained with igpo; it feeds the same token ids.
     """
 
     def __init__(
@@ -122,53 +124,67 @@ class HFAgent:
             torch.manual_seed(seed)
 
     def prompt(self, observation: str, info: dict[str, Any]) -> str:
-        """The prompt text for the next turn (see ``transcript``)."""
+        """The prompt for the next turn as text (see ``transcript``; the model is fed `context_ids`)."""
+        messages = _messages(observation, info, "HFAgent")
         if self.transcript == "inline":
-            from igpo_envs.information_gain import render_history
-
-            return render_history(self.tokenizer, _messages(observation, info, "HFAgent"))
+            return transcript_text(self.tokenizer, messages, **self.chat_template_kwargs)
         return self.tokenizer.apply_chat_template(
-            _messages(observation, info, "HFAgent"), tokenize=False, add_generation_prompt=True,
-            **self.chat_template_kwargs,
+            messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
+
+    def context_ids(self, observation: str, info: dict[str, Any]) -> list[int]:
+        """The token ids the model is fed for the next turn. ``"inline"``: `igpo_envs.transcript.render_messages`,
+        token for token what ``igpo-train`` rollouts build (every piece tokenised on its own); ``"chat"``: the chat
+        template over the messages."""
+        messages = _messages(observation, info, "HFAgent")
+        if self.transcript == "inline":
+            return render_messages(self.tokenizer, messages, **self.chat_template_kwargs).ids
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def act(self, observation: str, info: dict[str, Any]) -> str:
         return self.act_batch([observation], [info])[0]
 
     def act_batch(self, observations: Sequence[str], infos: Sequence[dict[str, Any]]) -> list[str]:
-        prompts = [self.prompt(o, i) for o, i in zip(observations, infos)]
+        contexts = [self.context_ids(o, i) for o, i in zip(observations, infos)]
         # Similar lengths share a batch, so little compute goes to padding.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        outputs: list[str] = [""] * len(prompts)
+        order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+        outputs: list[str] = [""] * len(contexts)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            for i, text in zip(chunk, self._generate([prompts[i] for i in chunk])):
+            for i, text in zip(chunk, self._generate([contexts[i] for i in chunk])):
                 outputs[i] = text
         return outputs
 
-    def _generate(self, prompts: list[str]) -> list[str]:
+    def _generate(self, contexts: list[list[int]]) -> list[str]:
+        """One left-padded ``generate`` call; each row's turn ends right after its first stop (as in training:
+        `igpo_envs.hf_tokenizer.stopping_kwargs` and `generated_turn`) and is decoded without special tokens."""
         import torch
 
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        width = max(len(c) for c in contexts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(contexts), width), dtype=torch.long)
+        for row, ids in enumerate(contexts):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids):] = 1
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
-        stop_ids = stop_token_ids(self.tokenizer, self.stop)
-        if stop_ids is not None:  # closing tags are atomic tokens: stop on their ids (works for any vocabulary)
-            eos = self.model.generation_config.eos_token_id
-            eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-            stopping = {"eos_token_id": eos + stop_ids}
-        else:
-            stopping = {"stop_strings": list(self.stop), "tokenizer": self.tokenizer}
+        eos = self.model.generation_config.eos_token_id
+        eos = [self.tokenizer.eos_token_id] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         with torch.no_grad():
             generated = self.model.generate(
-                **encoded,
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
                 max_new_tokens=self.max_new_tokens,
-                **stopping,
-                pad_token_id=self.tokenizer.pad_token_id,
+                **stopping_kwargs(self.tokenizer, self.stop, eos),
+                pad_token_id=pad,
                 **(sampling if self.temperature > 0 else {"do_sample": False}),
             )
-        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [cut_at_stop(text, self.stop) for text in texts]
+        rows = generated[:, width:].cpu().tolist()
+        turns = [generated_turn(self.tokenizer, row, self.stop, eos, pad) for row in rows]
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in turns]
 
 
 class OpenAIChatAgent:

@@ -14,6 +14,7 @@ from igpo_envs.information_gain.packed import (
     METHODS,
     answer_logprobs,
     batch_answer_logprobs,
+    masked_attention,
     per_prefix_answer_logprobs,
 )
 from igpo_envs.information_gain.scorer import (
@@ -38,6 +39,7 @@ __all__ = [
     "information_gain",
     "information_gains",
     "log_prob_diff",
+    "masked_attention",
     "per_prefix_answer_logprobs",
     "prob_diff",
     "render_history",

@@ -14,13 +14,19 @@ its position ids continue from ``b_k``, so every copy computes exactly what a se
 * ``method="auto"`` (default): "packed" up to `AUTO_PACKED_MAX_TOKENS` tokens per row, "cached" beyond (and always
   "packed" for sliding-window models, whose cache drops old keys).
 
+Any attention implementation: the packed masks need one that takes a custom 4-D mask (``eager`` or ``sdpa``). A model
+loaded with another (``flash_attention_2``, ``flex_attention``, a hub kernel...) is switched to ``sdpa`` (else
+``eager``) for the no-grad scoring pass and switched back after it (`masked_attention`); a model that cannot switch
+is scored one plain causal pass per prefix (`per_prefix_answer_logprobs`), which any implementation runs.
+
 Only the probe positions that predict a scored token go through the LM head (``logits_to_keep`` with explicit
 positions), and probe tokens after the last scored one are never fed: they cannot change an earlier prediction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +108,49 @@ def _layer_windows(config) -> list[int | None]:
 
 
 _MASKED_ATTENTION = ("eager", "sdpa")
+
+
+def _attention_of(model) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
+def _all_configs(model) -> list:
+    """Every config object of the model and its submodels (and their sub-configs), each once."""
+    seen, stack = {}, [getattr(m, "config", None) for m in model.modules()]
+    while stack:
+        config = stack.pop()
+        if config is None or id(config) in seen or not hasattr(config, "_attn_implementation_internal"):
+            continue
+        seen[id(config)] = config
+        stack += [getattr(config, key, None) for key in getattr(config, "sub_configs", {}) or {}]
+    return list(seen.values())
+
+
+@contextmanager
+def masked_attention(model) -> Iterator[bool]:
+    """Within the block the model runs an attention implementation that takes the packed 4-D masks; yields whether
+    it does. A model on another implementation is switched (``set_attn_implementation``: ``sdpa``, else ``eager``)
+    and restored on exit, whatever happens in the block; one that cannot switch yields False."""
+    if _attention_of(model) in _MASKED_ATTENTION:
+        yield True
+        return
+    configs = _all_configs(model)
+    saved = [(config, config._attn_implementation_internal) for config in configs]
+    try:
+        switched = False
+        for implementation in _MASKED_ATTENTION[::-1]:  # sdpa first: the faster of the two
+            try:
+                model.set_attn_implementation(implementation)
+            except (AttributeError, ValueError, ImportError, NotImplementedError, TypeError):
+                continue
+            if _attention_of(model) in _MASKED_ATTENTION:
+                switched = True
+                break
+        yield switched
+    finally:
+        for config, implementation in saved:  # set back directly: re-checking e.g. flash-attn needs its GPU
+            config._attn_implementation_internal = implementation
 
 
 def _check_attention(config) -> None:
@@ -334,9 +383,12 @@ def batch_answer_logprobs(
     rows = [_prepare_row(sequences[i], boundaries[i], probes[i], masks[i], where(i)) for i in range(n)]
     score = _SCORERS[method]
     results: list[torch.Tensor | None] = [None] * n
-    for chunk in _chunks(rows, max_rows or n, max_mask_elements, max_padding):
-        for i, value in zip(chunk, score(model, [rows[i] for i in chunk])):
-            results[i] = value
+    with masked_attention(model) as packed_ok:
+        if not packed_ok:  # no implementation that takes the 4-D mask: one plain causal pass per prefix
+            return [_score_per_prefix(model, sequences[i], rows[i]) for i in range(n)]
+        for chunk in _chunks(rows, max_rows or n, max_mask_elements, max_padding):
+            for i, value in zip(chunk, score(model, [rows[i] for i in chunk])):
+                results[i] = value
     return results
 
 
@@ -386,9 +438,14 @@ def answer_logprobs(model, input_ids, boundaries, probe_ids, score_mask, *, meth
 
 @torch.no_grad()
 def per_prefix_answer_logprobs(model, input_ids, boundaries, probe_ids, score_mask) -> torch.Tensor:
-    """The official method, kept as the reference: one full forward pass (all logits) over prefix + probe per prefix."""
-    row = _prepare_row(input_ids, boundaries, probe_ids, score_mask)
-    seq, probe = _as_ids(input_ids, "input_ids"), _as_ids(probe_ids, "probe_ids")
+    """The official method, kept as the reference: one full forward pass (all logits) over prefix + probe per prefix.
+    Plain causal attention, so it runs with any attention implementation."""
+    return _score_per_prefix(model, input_ids, _prepare_row(input_ids, boundaries, probe_ids, score_mask))
+
+
+def _score_per_prefix(model, input_ids, row: _Row) -> torch.Tensor:
+    seq = _as_ids(input_ids, "input_ids")
+    probe = torch.cat([row.probe_in, row.targets[-1:]])  # the probe up to its last scored token
     device, values = _model_device(model), []
     for b in row.bounds:
         ids = torch.cat([seq[:b], probe]).to(device)
