@@ -53,17 +53,14 @@ def settings_for(args):
 
 def build_start(args) -> Path:
     """The shared SFT start (built once; reused if ``--start`` already holds a model)."""
-    from igpo_trainer.demo import build_model, make_train_env
-    from igpo_trainer.warmstart import warm_start
+    from igpo_trainer.demo import build_model, converged_warm_start
 
     start = Path(args.start)
     if (start / "sft" / "config.json").is_file():
         return start / "sft"
     settings = settings_for(args)
     base = build_model(start / "tiny", settings, seed=0)
-    info = warm_start(base, make_train_env(settings), start / "sft", num_examples=settings.sft_examples,
-                      epochs=settings.sft_epochs, learning_rate=settings.sft_lr,
-                      batch_size=settings.sft_batch_size, seed=0, progress=False)
+    info = converged_warm_start(base, start / "sft", settings, seed=0, progress=False)
     (start / "sft_info.json").write_text(json.dumps(info, indent=1))
     return start / "sft"
 

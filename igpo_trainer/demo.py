@@ -1,18 +1,20 @@
 """``igpo-demo``: the whole IGPO-vs-GRPO pipeline on a CPU, offline, in minutes.
 
-    igpo-demo --out runs/demo            # full demo
-    igpo-demo --out runs/demo --quick    # CI-sized miniature (seconds)
+    igpo-demo --out runs/demo              # full demo: one warm start, 3 RL seeds per method
+    igpo-demo --out runs/demo --seeds 1    # a quick look: one RL seed per method
+    igpo-demo --out runs/demo --quick      # CI-sized miniature (seconds)
 
 Steps: build a tiny Qwen2 (tokenizer trained on the synthetic world's texts) → SFT warm start on scripted search
-trajectories (`igpo_trainer.warmstart`) → start-point diagnostics (`igpo_trainer.diagnostics`) → IGPO and GRPO
-training from the same start with the same rollouts → held-out evaluation of the start, IGPO and GRPO with
-`igpo_envs.cli.evaluate` (split="eval": start entities never seen in training) → ``results.md``, ``results.json`` and
-``curves.png`` under ``--out``.
+trajectories until held-out greedy behaviour meets a criterion (`igpo_trainer.warmstart.ConvergenceCriterion`) →
+start-point diagnostics (`igpo_trainer.diagnostics`) → IGPO and GRPO training from that one start, ``--seeds`` RL
+seeds each, the same rollouts per step → held-out evaluation of the start and of every trained policy with
+`igpo_envs.cli.evaluate` (split="eval": start entities never seen in training) → ``results.md`` (mean ± std over
+seeds), ``results.json`` (also every seed's row) and ``curves.png`` under ``--out``.
 
 The task (`TASK`): igpo/SynthMultiHop-v0 asking one 2-hop chain, "Where was the director of <film alias> born?"
 (``paths=[["director", "birthplace"]]``, ``hard_queries``): searching the question text never retrieves the film's
 passage (its words pull in directors' passages instead), searching the alias always does, and the answer is stated
-plainly in the director's passage. So what RL can improve is which query to issue (and reading the look-alike names).
+plainly in the director's passage. So what RL can improve is which query to issue.
 """
 
 from __future__ import annotations
@@ -26,11 +28,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ENV_ID = "igpo/SynthMultiHop-v0"
 #: Short prompt: the tiny model learns the protocol from the warm start, and short contexts keep CPU steps cheap.
 PROMPT = "Question: {question}"
 TASK = {"num_docs": 2000, "hops": 2, "distractors": 2, "hard_queries": True, "seed": 0,
         "paths": [["director", "birthplace"]], "prompt_template": PROMPT}
+POLICIES = ("IGPO", "GRPO")
+#: Figures of a held-out evaluation that the table and results.json carry.
+FIGURES = ("em", "f1", "searches", "gold_recall", "format_error_rate", "turns")
 
 
 @dataclass
@@ -38,6 +45,7 @@ class DemoSettings:
     """Sizes of one demo run (`FULL` and `QUICK` below)."""
 
     num_docs: int = 2000
+    distractors: int = 2  # look-alike siblings per entity (igpo/SynthMultiHop-v0's knob)
     train_questions: int = 1000
     eval_questions: int = 200
     topk: int = 1
@@ -46,39 +54,56 @@ class DemoSettings:
     num_layers: int = 4
     vocab_size: int = 2048
     tokenizer_kind: str = "word"  # whole-word tokens: copying names is what the warm start must learn, fast
-    # Measured here: batches of 8 for 3 epochs learn to copy names off passages (token accuracy 0.65 -> 0.92);
-    # batches of 32 for 2 epochs at 4e-3 stall at 0.67 with EM ~0.
+    # Warm start: trained until held-out greedy episodes meet the criterion (checked every `sft_check_every` steps on
+    # `sft_check_episodes` questions), at most `sft_max_epochs` epochs.
     sft_examples: int = 2000
-    sft_epochs: float = 3.0
+    sft_max_epochs: float = 12.0
     sft_lr: float = 2e-3
     sft_batch_size: int = 8
+    sft_check_every: int = 125
+    sft_check_episodes: int = 64
+    min_validity: float = 0.98
+    min_copy_accuracy: float = 0.9
+    min_query_copy: float = 0.9
+    # Plan mix of the demonstrations (`igpo_trainer.warmstart.demonstrations`): mostly the naive "search the question"
+    # opening, so the start rarely searches right and outcome-only GRPO meets many all-equal groups.
+    naive_share: float = 0.5
+    recover_share: float = 0.3
     steps: int = 20
+    rl_seeds: int = 3
     questions_per_step: int = 4
     num_generations: int = 8
     learning_rate: float = 1e-4
     max_turn_length: int = 24
     max_completion_length: int = 320
-    eval_every: int = 5
+    eval_every: int = 10
     eval_episodes: int = 64
     diag_questions: int = 32
     adv_std_floor: float = 0.0
-    # Outcome reward of the RL runs. EM, not the paper's F1: with F1's partial credit GRPO almost never meets an
-    # all-equal group on this task and the two methods tie; with EM half of its groups collapse, the regime IGPO
-    # targets (measured by benchmarks/learning_curve.py, see BENCHMARKS.md). `--reward-metric f1` for the paper's.
+    # Outcome reward of the RL runs. EM, not the paper's F1: with F1's partial credit GRPO rarely meets an all-equal
+    # group, so there is little for IG to add; with EM many of its groups collapse, the regime IGPO targets
+    # (benchmarks/learning_curve.py, BENCHMARKS.md). `--reward-metric f1` for the paper's.
     reward_metric: str = "em"
     extra: dict = field(default_factory=dict)  # extra IGPOConfig fields for the IGPO run (ablations)
 
     def env_kwargs(self, split: str) -> dict[str, Any]:
-        return {**TASK, "num_docs": self.num_docs, "split": split, "topk": self.topk, "max_turns": self.max_turns,
+        return {**TASK, "num_docs": self.num_docs, "distractors": self.distractors, "split": split, "topk": self.topk, "max_turns": self.max_turns,
                 "reward_metric": self.reward_metric,
                 "num_questions": self.train_questions if split == "train" else self.eval_questions}
+
+    def criterion(self):
+        from igpo_trainer.warmstart import ConvergenceCriterion
+
+        return ConvergenceCriterion(min_validity=self.min_validity, min_copy_accuracy=self.min_copy_accuracy,
+                                    min_query_copy=self.min_query_copy, check_every=self.sft_check_every,
+                                    episodes=self.sft_check_episodes, max_epochs=self.sft_max_epochs)
 
 
 FULL = DemoSettings()
 QUICK = DemoSettings(num_docs=200, train_questions=40, eval_questions=16, hidden_size=64, num_layers=2,
-                     vocab_size=600, sft_examples=192, sft_epochs=2.0, sft_lr=1e-2, sft_batch_size=8, steps=2,
-                     questions_per_step=2, num_generations=4, eval_every=1, eval_episodes=8, diag_questions=4,
-                     max_completion_length=256)
+                     vocab_size=600, sft_examples=192, sft_max_epochs=2.0, sft_lr=1e-2, sft_batch_size=8,
+                     sft_check_every=24, sft_check_episodes=8, steps=2, rl_seeds=2, questions_per_step=2,
+                     num_generations=4, eval_every=1, eval_episodes=8, diag_questions=4, max_completion_length=256)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation agent
@@ -116,19 +141,54 @@ class PolicyAgent:
         return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outputs]
 
 
+class OracleOpening:
+    """The oracle's first search (the film's alias) for every question, then the policy itself.
+
+    What the warm start's criterion measures with it is reading, apart from the choice of first query that RL is to
+    learn: does the policy copy the director's name off the retrieved film passage into its next query, and the
+    birthplace off the director's passage into its answer. ``first_queries`` maps question ids to that first query.
+    """
+
+    def __init__(self, policy: PolicyAgent, first_queries: dict[str, str]):
+        self.policy, self.first_queries = policy, first_queries
+
+    def act(self, observation: str, info: dict[str, Any]) -> str:
+        return self.act_batch([observation], [info])[0]
+
+    def act_batch(self, observations, infos) -> list[str]:
+        actions = [f"<search> {self.first_queries[info['question_id']]} </search>" if info["turn"] == 0 else None
+                   for info in infos]
+        rest = [i for i, a in enumerate(actions) if a is None]
+        if rest:
+            for i, action in zip(rest, self.policy.act_batch([observations[i] for i in rest], [infos[i] for i in rest])):
+                actions[i] = action
+        return actions
+
+
 def evaluate_policy(model, tokenizer, settings: DemoSettings, *, episodes: int, seed: int = 0,
-                    progress: bool = False) -> dict[str, Any]:
-    """Held-out greedy evaluation with `igpo_envs.cli.evaluate` on the eval split."""
+                    progress: bool = False, keep_episodes: bool = False, oracle_opening: bool = False) -> dict[str, Any]:
+    """Held-out greedy evaluation with `igpo_envs.cli.evaluate` on the eval split (``oracle_opening``: the first search
+    is the oracle's, see `OracleOpening`)."""
     from igpo_envs.cli import evaluate
 
     was_training = model.training
     model.eval()
     try:
         agent = PolicyAgent(model, tokenizer, max_new_tokens=settings.max_turn_length)
+        if oracle_opening:
+            agent = OracleOpening(agent, first_queries(settings))
         return evaluate(ENV_ID, agent, episodes=episodes, seed=seed, env_kwargs=settings.env_kwargs("eval"),
-                        batch_size=64, progress=progress, keep_episodes=False)
+                        batch_size=64, progress=progress, keep_episodes=keep_episodes)
     finally:
         model.train(was_training)
+
+
+def first_queries(settings: DemoSettings) -> dict[str, str]:
+    """Question id -> the oracle's first query, for the eval split's questions."""
+    from igpo_trainer.trainer import make_env_from_id
+
+    items = make_env_from_id(ENV_ID, **settings.env_kwargs("eval")).unwrapped.items
+    return {item.id: item.metadata["oracle_queries"][0] for item in items}
 
 
 # ---------------------------------------------------------------------------------------------- pipeline pieces
@@ -136,7 +196,7 @@ def build_model(out: Path, settings: DemoSettings, seed: int) -> Path:
     from igpo_envs.tasks.synthetic import get_world
     from igpo_trainer.tiny import build_tiny_model
 
-    world = get_world(settings.num_docs, TASK["distractors"], TASK["seed"])
+    world = get_world(settings.num_docs, settings.distractors, TASK["seed"])
     return build_tiny_model(out, world.vocabulary_texts(), vocab_size=settings.vocab_size,
                             hidden_size=settings.hidden_size, num_layers=settings.num_layers, num_heads=4,
                             num_kv_heads=2, seed=seed, tokenizer_kind=settings.tokenizer_kind)
@@ -146,6 +206,25 @@ def make_train_env(settings: DemoSettings):
     from igpo_trainer.trainer import make_env_from_id
 
     return make_env_from_id(ENV_ID, **settings.env_kwargs("train"))
+
+
+def converged_warm_start(base_dir: Path, out_dir: Path, settings: DemoSettings, *, seed: int,
+                         progress: bool = True) -> dict[str, Any]:
+    """`igpo_trainer.warmstart.warm_start` until the settings' criterion holds on held-out greedy episodes that open
+    with the oracle's first search (`OracleOpening`; a question sample of the eval split)."""
+    from igpo_envs.hf_tokenizer import load_tokenizer
+    from igpo_trainer.warmstart import warm_start
+
+    tokenizer = load_tokenizer(base_dir)
+
+    def held_out(model) -> list[dict]:
+        return evaluate_policy(model, tokenizer, settings, episodes=settings.sft_check_episodes, seed=10_000 + seed,
+                               keep_episodes=True, oracle_opening=True)["per_episode"]
+
+    return warm_start(base_dir, make_train_env(settings), out_dir, num_examples=settings.sft_examples,
+                      learning_rate=settings.sft_lr, batch_size=settings.sft_batch_size,
+                      naive_share=settings.naive_share, recover_share=settings.recover_share, seed=seed,
+                      progress=progress, evaluate=held_out, criterion=settings.criterion())
 
 
 def rl_config(out: Path, settings: DemoSettings, *, seed: int, use_information_gain: bool, progress: bool,
@@ -204,8 +283,7 @@ def train_rl(start_dir: Path, out: Path, settings: DemoSettings, *, seed: int, u
 
 
 def _pick(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("em", "f1", "searches", "gold_recall", "format_error_rate", "turns")
-    return {k: result.get(k) for k in keys}
+    return {k: result.get(k) for k in FIGURES}
 
 
 def _mean_log(logs: list[dict], key: str) -> float:
@@ -214,39 +292,80 @@ def _mean_log(logs: list[dict], key: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- outputs
+def seed_summary(policy: str, seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One policy's row: the mean of every figure over its seeds, and ``<figure>_std`` (population std)."""
+    row: dict[str, Any] = {"policy": policy, "seeds": len(seed_rows)}
+    for key in (*FIGURES, "zero_adv_group_frac", "seconds"):
+        values = [r[key] for r in seed_rows if r.get(key) is not None and math.isfinite(r[key])]
+        row[key] = float(np.mean(values)) if values else float("nan")
+        row[f"{key}_std"] = float(np.std(values)) if values else float("nan")
+    return row
+
+
+def conclusions(seed_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The claims the README makes of every run, checked on this one: IGPO >= GRPO in held-out EM on every RL seed
+    (paired by seed), and the zero-advantage groups each method met in training."""
+    by = {(r["policy"], r["seed"]): r for r in seed_rows}
+    seeds = sorted({r["seed"] for r in seed_rows})
+    paired = [(by[("IGPO", s)]["em"], by[("GRPO", s)]["em"]) for s in seeds if ("IGPO", s) in by and ("GRPO", s) in by]
+    return {
+        "igpo_em_ge_grpo_every_seed": bool(paired) and all(i >= g for i, g in paired),
+        "igpo_em_minus_grpo_per_seed": [i - g for i, g in paired],
+        "zero_adv_groups_grpo": float(np.mean([r["zero_adv_group_frac"] for r in seed_rows if r["policy"] == "GRPO"]
+                                              or [float("nan")])),
+        "zero_adv_groups_igpo": float(np.mean([r["zero_adv_group_frac"] for r in seed_rows if r["policy"] == "IGPO"]
+                                              or [float("nan")])),
+    }
+
+
 def results_table(rows: list[dict[str, Any]]) -> str:
-    def pct(x):
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+    """Markdown table of policy rows; a row with ``<figure>_std`` (several seeds) shows mean ± std."""
+    def cell(r, key, pct=True, fmt="{:.2f}"):
+        x = r.get(key)
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "-"
+        scale, f = (100.0, "{:.1f}") if pct else (1.0, fmt)
+        text = f.format(scale * x)
+        std = r.get(f"{key}_std")
+        if r.get("seeds", 1) > 1 and std is not None and not math.isnan(std):
+            text += " ± " + f.format(scale * std)
+        return text
 
-    def num(x, f="{:.2f}"):
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f.format(x)
-
-    lines = ["| policy | EM | F1 | searches/ep | gold recall | format errors | zero-adv groups (train) | seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| policy | seeds | EM | F1 | searches/ep | gold recall | format errors | zero-adv groups (train) | "
+             "seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['policy']} | {pct(r['em'])} | {pct(r['f1'])} | {num(r['searches'])} | "
-                     f"{pct(r['gold_recall'])} | {pct(r['format_error_rate'])} | {pct(r.get('zero_adv_group_frac'))} "
-                     f"| {num(r.get('seconds'), '{:.0f}')} |")
+        lines.append(f"| {r['policy']} | {r.get('seeds', 1)} | {cell(r, 'em')} | {cell(r, 'f1')} | "
+                     f"{cell(r, 'searches', False)} | {cell(r, 'gold_recall')} | {cell(r, 'format_error_rate')} | "
+                     f"{cell(r, 'zero_adv_group_frac')} | {cell(r, 'seconds', False, '{:.0f}')} |")
     return "\n".join(lines)
 
 
-def plot_curves(runs: dict[str, dict[str, Any]], path: Path, start: dict[str, Any]) -> None:
+def seed_table(seed_rows: list[dict[str, Any]]) -> str:
+    lines = ["| policy | RL seed | EM | F1 | gold recall | zero-adv groups (train) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in seed_rows:
+        lines.append(f"| {r['policy']} | {r['seed']} | {100 * r['em']:.1f} | {100 * r['f1']:.1f} | "
+                     f"{100 * (r['gold_recall'] or 0):.1f} | {100 * r['zero_adv_group_frac']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path, start: dict[str, Any]) -> None:
+    """Training reward and held-out EM per step, one line per (method, seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, run in runs.items():
-        steps = [h["step"] for h in run["logs"]]
-        left.plot(steps, [h.get("reward", float("nan")) for h in run["logs"]], label=f"{name} train reward", alpha=.7)
-        curve = run["curve"]
-        right.plot([0] + [c["step"] for c in curve], [100 * start["em"]] + [100 * c["em"] for c in curve], "o-",
-                   label=f"{name} held-out EM")
-        right.plot([0] + [c["step"] for c in curve], [100 * start["f1"]] + [100 * c["f1"] for c in curve], "s--",
-                   label=f"{name} held-out F1")
-    left.set(xlabel="step", ylabel="mean outcome reward (train batch)", title="Training reward")
-    right.set(xlabel="step", ylabel="score (%)", title="Held-out EM and F1 (greedy, eval split)")
+    for (name, seed_runs), color in zip(runs.items(), ("C0", "C1")):
+        for k, run in enumerate(seed_runs):
+            label = name if k == 0 else None
+            left.plot([h["step"] for h in run["logs"]], [h.get("reward", float("nan")) for h in run["logs"]],
+                      color=color, alpha=.6, label=label)
+            curve = run["curve"]
+            right.plot([0] + [c["step"] for c in curve], [100 * start["em"]] + [100 * c["em"] for c in curve], "o-",
+                       color=color, alpha=.6, label=label)
+    left.set(xlabel="step", ylabel="mean outcome reward (train batch)", title="Training reward (one line per seed)")
+    right.set(xlabel="step", ylabel="held-out EM (%)", title="Held-out EM (greedy, eval split)")
     for ax in (left, right):
         ax.grid(alpha=.3)
         ax.legend()
@@ -255,21 +374,29 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path, start: dict[str, An
     plt.close(fig)
 
 
+def _release(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's record without its model (kept in memory for one seed only)."""
+    return {k: v for k, v in run.items() if k not in ("model", "tokenizer")}
+
+
 # ---------------------------------------------------------------------------------------------- main
 def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, progress: bool = True) -> dict:
-    """Run the pipeline; write ``results.md``, ``results.json``, ``curves.png`` under ``out``; return the results."""
+    """Run the pipeline; write ``results.md``, ``results.json``, ``curves.png`` under ``out``; return the results.
+
+    ``seed`` seeds the model and the warm start; the RL runs use seeds ``0 .. settings.rl_seeds - 1``.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     from igpo_envs.hf_tokenizer import load_tokenizer
     from igpo_trainer.diagnostics import format_diagnostics, start_diagnostics
-    from igpo_trainer.warmstart import warm_start
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     timings: dict[str, float] = {}
     begin = time.perf_counter()
+    cpu_begin = time.process_time()
 
     def say(message: str) -> None:
         if progress:
@@ -281,13 +408,16 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
     env = make_train_env(settings)
     timings["build"] = time.perf_counter() - t
 
-    say(f"SFT warm start on {settings.sft_examples} scripted trajectories (TRL SFTTrainer)")
+    say(f"SFT warm start on {settings.sft_examples} scripted trajectories (TRL SFTTrainer) until held-out greedy "
+        f"episodes are valid >= {settings.min_validity:.0%}, copy answers >= {settings.min_copy_accuracy:.0%} and "
+        f"names into queries >= {settings.min_query_copy:.0%} (cap {settings.sft_max_epochs:g} epochs)")
     t = time.perf_counter()
     sft_dir = out / "sft"
-    sft = warm_start(base_dir, env, sft_dir, num_examples=settings.sft_examples, epochs=settings.sft_epochs,
-                     learning_rate=settings.sft_lr, batch_size=settings.sft_batch_size, seed=seed,
-                     progress=progress)
+    sft = converged_warm_start(base_dir, sft_dir, settings, seed=seed, progress=progress)
     timings["sft"] = time.perf_counter() - t
+    if not sft["converged"]:
+        say(f"warning: the warm start did not meet its criterion within {settings.sft_max_epochs:g} epochs "
+            f"(last check: {sft['checks'][-1] if sft['checks'] else 'none'})")
 
     say("diagnostics at the RL start point")
     t = time.perf_counter()
@@ -296,44 +426,66 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
                                     num_generations=settings.num_generations, seed=seed,
                                     max_turn_length=settings.max_turn_length,
                                     max_completion_length=settings.max_completion_length)
-    start_eval = evaluate_policy(model, tokenizer, settings, episodes=settings.eval_questions, seed=seed,
+    # Every eval-split question once (the split holds fewer distinct questions of this chain than eval_questions asks)
+    held_out = len(first_queries(settings))
+    start_eval = evaluate_policy(model, tokenizer, settings, episodes=held_out, seed=0,
                                  progress=progress)
     timings["diagnostics"] = time.perf_counter() - t
 
-    runs = {}
-    for name, use_ig in (("IGPO", True), ("GRPO", False)):
-        say(f"{name}: {settings.steps} steps x {settings.questions_per_step} questions x G={settings.num_generations}")
-        runs[name] = train_rl(sft_dir, out / name.lower(), settings, seed=seed, use_information_gain=use_ig,
-                              progress=progress)
-
-    say("held-out evaluation of the trained policies")
-    rows = [{"policy": "SFT start", **_pick(start_eval), "seconds": timings["sft"],
-             "zero_adv_group_frac": diagnostics["zero_adv_frac_grpo"]}]
-    final = {}
-    for name, run in runs.items():
-        final[name] = evaluate_policy(run["model"], run["tokenizer"], settings, episodes=settings.eval_questions,
-                                      seed=seed, progress=progress)
-        rows.append({"policy": name, **_pick(final[name]), "seconds": run["seconds"],
-                     "zero_adv_group_frac": _mean_log(run["logs"], "igpo/zero_adv_group_frac")})
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in POLICIES}
+    seed_rows: list[dict[str, Any]] = []
+    for rl_seed in range(settings.rl_seeds):
+        for name in POLICIES:
+            say(f"{name}, RL seed {rl_seed}: {settings.steps} steps x {settings.questions_per_step} questions x "
+                f"G={settings.num_generations}")
+            run = train_rl(sft_dir, out / f"{name.lower()}_s{rl_seed}", settings, seed=rl_seed,
+                           use_information_gain=name == "IGPO", progress=progress)
+            final = evaluate_policy(run["model"], run["tokenizer"], settings, episodes=held_out,
+                                    seed=0, progress=progress)
+            seed_rows.append({"policy": name, "seed": rl_seed, **_pick(final), "seconds": run["seconds"],
+                              "zero_adv_group_frac": _mean_log(run["logs"], "igpo/zero_adv_group_frac")})
+            runs[name].append(_release(run))
     timings["total"] = time.perf_counter() - begin
+    timings["cpu_seconds"] = time.process_time() - cpu_begin
 
+    start_row = {"policy": "SFT start", "seeds": 1, **_pick(start_eval), "seconds": timings["sft"],
+                 "zero_adv_group_frac": diagnostics["zero_adv_frac_grpo"]}
+    rows = [start_row] + [seed_summary(name, [r for r in seed_rows if r["policy"] == name]) for name in POLICIES]
+    checks = conclusions(seed_rows)
     table = results_table(rows)
     plot_curves(runs, out / "curves.png", start_eval)
     report = {
-        "settings": asdict(settings), "seed": seed, "task": {**TASK, "env_id": ENV_ID}, "sft": sft,
-        "diagnostics": diagnostics, "rows": rows, "timings": timings,
-        "curves": {name: run["curve"] for name, run in runs.items()},
-        "train_logs": {name: run["logs"] for name, run in runs.items()},
+        "settings": asdict(settings), "seed": seed, "held_out_questions": held_out,
+        "rl_seeds": list(range(settings.rl_seeds)),
+        "task": {**TASK, "distractors": settings.distractors, "env_id": ENV_ID}, "sft": sft, "diagnostics": diagnostics, "rows": rows,
+        "seed_rows": seed_rows, "conclusions": checks, "timings": timings,
+        "numerics": {"ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", "(unset)"),
+                     "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                     "torch_threads": torch.get_num_threads()},
+        "curves": {name: [run["curve"] for run in seed_runs] for name, seed_runs in runs.items()},
+        "train_logs": {name: [run["logs"] for run in seed_runs] for name, seed_runs in runs.items()},
     }
     (out / "results.json").write_text(json.dumps(report, indent=1, default=float))
-    text = (f"# igpo-demo results\n\nHeld-out {settings.eval_questions} eval-split questions, greedy; training "
+    last = sft["checks"][-1] if sft.get("checks") else {}
+    criterion_text = (f"Warm start: {'met' if sft['converged'] else 'did NOT meet'} its criterion after "
+                      f"{sft['steps']} steps ({sft['epochs']:.1f} epochs): held-out greedy validity "
+                      f"{100 * last.get('validity', float('nan')):.1f}%, answer copy "
+                      f"{100 * last.get('copy_accuracy', float('nan')):.1f}%, query copy "
+                      f"{100 * last.get('query_copy', float('nan')):.1f}% (targets {settings.min_validity:.0%}, "
+                      f"{settings.min_copy_accuracy:.0%}, {settings.min_query_copy:.0%}).")
+    verdict = (f"IGPO >= GRPO in held-out EM on every RL seed: {'yes' if checks['igpo_em_ge_grpo_every_seed'] else 'NO'}"
+               f" (IGPO - GRPO per seed: {', '.join(f'{100 * d:+.1f}' for d in checks['igpo_em_minus_grpo_per_seed'])}"
+               " points).")
+    text = (f"# igpo-demo results\n\nHeld-out: all {held_out} eval-split questions, greedy; training "
             f"{settings.steps} steps x {settings.questions_per_step} questions x G={settings.num_generations} per "
-            f"method from the same SFT start; seconds = training wall-clock (SFT for the start row).\n\n{table}\n\n"
-            f"## RL start point\n\n{format_diagnostics(diagnostics)}\n\nTotal wall-clock: {timings['total']:.0f} s "
+            f"method and RL seed from the same SFT start; mean ± std over {settings.rl_seeds} RL seeds; seconds = "
+            f"training wall-clock (SFT for the start row).\n\n{table}\n\n{verdict}\n\n{criterion_text}\n\n"
+            f"## Per seed\n\n{seed_table(seed_rows)}\n\n## RL start point\n\n{format_diagnostics(diagnostics)}\n\n"
+            f"Total wall-clock: {timings['total']:.0f} s, CPU time of this process {timings['cpu_seconds']:.0f} s "
             f"(build {timings['build']:.0f}, SFT {timings['sft']:.0f}, diagnostics {timings['diagnostics']:.0f}).\n")
     (out / "results.md").write_text(text)
     if progress:
-        print("\n" + table + "\n\n" + format_diagnostics(diagnostics))
+        print("\n" + table + "\n\n" + verdict + "\n" + criterion_text + "\n\n" + format_diagnostics(diagnostics))
         print(f"\nWrote {out / 'results.md'}, {out / 'results.json'}, {out / 'curves.png'} "
               f"in {timings['total']:.0f} s")
     return report
@@ -342,8 +494,10 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="igpo-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="RL steps per method (default: 20; --quick: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model and the warm start (default 0)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="RL seeds per method, all from the one warm start (default 3; --quick: 2)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default: 20; --quick: 2)")
     parser.add_argument("--quick", action="store_true", help="CI-sized miniature (tiny world and model, 2 steps)")
     parser.add_argument("--reward-metric", choices=("f1", "em"), default=None,
                         help="outcome reward of the RL runs (default em: sparse, where advantage collapse happens; "
@@ -357,10 +511,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # tiny models: one thread is far faster than two contending ones on a shared CPU
     settings = QUICK if args.quick else FULL
+    for name, value in (("steps", args.steps), ("seeds", args.seeds)):
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
     if args.steps is not None:
-        if args.steps < 1:
-            parser.error(f"--steps must be >= 1, got {args.steps}")
         settings = replace(settings, steps=args.steps)
+    if args.seeds is not None:
+        settings = replace(settings, rl_seeds=args.seeds)
     if args.reward_metric is not None:
         settings = replace(settings, reward_metric=args.reward_metric)
     if args.adv_std_floor is not None:

@@ -21,7 +21,8 @@ turns only (TRL's ``completion_mask`` with ``completion_only_loss=True``): promp
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,58 @@ def demonstrations(env, tokenizer, num: int, *, naive_share: float = 0.5, recove
     return rows, stats
 
 
+@dataclass
+class ConvergenceCriterion:
+    """When the warm start is done: measured on held-out greedy episodes, not a fixed number of epochs.
+
+    Every ``check_every`` optimizer steps the policy plays ``episodes`` held-out questions greedily; training stops as
+    soon as both targets hold, or at ``max_epochs`` (the cap) whatever they are.
+    """
+
+    min_validity: float = field(default=0.98, metadata={"help": "share of held-out episodes that follow the "
+                                                                "protocol to an answer (no format error)"})
+    min_copy_accuracy: float = field(default=0.9, metadata={"help": "EM among held-out episodes whose searches "
+                                                                    "retrieved every gold passage: copying the "
+                                                                    "answer off the passage"})
+    min_query_copy: float = field(default=0.9, metadata={"help": "share of held-out episodes that found the first "
+                                                                 "gold passage and then the next one: copying the "
+                                                                 "name read off a passage into the next query"})
+    check_every: int = field(default=125, metadata={"help": "optimizer steps between checks"})
+    episodes: int = field(default=64, metadata={"help": "held-out episodes per check"})
+    max_epochs: float = field(default=12.0, metadata={"help": "cap on SFT epochs"})
+    patience: int = field(default=1, metadata={"help": "consecutive checks that must meet the targets"})
+
+
+def reading_figures(records: Sequence[dict[str, Any]], num_gold: int) -> dict[str, float]:
+    """Protocol validity, answer-copy and query-copy accuracy of held-out episode records (`igpo_envs.cli.evaluate`'s
+    ``per_episode``) of questions with ``num_gold`` gold passages each."""
+    full = [r for r in records if r["gold_recall"] is not None and r["gold_recall"] >= 1.0]
+    found_first = [r for r in records if r["gold_recall"] is not None and r["gold_recall"] * num_gold >= 1 - 1e-9]
+    nan = float("nan")
+    return {
+        "validity": float(np.mean([r["error"] is None and not r["truncated"] for r in records])) if records else nan,
+        "copy_accuracy": float(np.mean([r["em"] for r in full])) if full else nan,
+        "query_copy": len(full) / len(found_first) if found_first else nan,
+        "em": float(np.mean([r["em"] for r in records])) if records else nan,
+        "gold_recall": float(np.mean([r["gold_recall"] or 0.0 for r in records])) if records else nan,
+        "n_full_recall": len(full),
+    }
+
+
+def criterion_met(figures: dict[str, float], criterion: ConvergenceCriterion) -> bool:
+    def at_least(key, target):
+        value = figures.get(key)
+        return value is not None and not np.isnan(value) and value >= target
+
+    return (at_least("validity", criterion.min_validity) and at_least("copy_accuracy", criterion.min_copy_accuracy)
+            and at_least("query_copy", criterion.min_query_copy))
+
+
 def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples: int = 2000, epochs: float = 2.0,
                learning_rate: float = 1e-3, batch_size: int = 32, naive_share: float = 0.5,
                recover_share: float = 0.3, seed: int = 0, progress: bool = True,
+               evaluate: Callable[[Any], Sequence[dict[str, Any]]] | None = None,
+               criterion: ConvergenceCriterion | None = None, lr_scheduler_type: str = "cosine",
                examples: Sequence[dict] | None = None, warmup_steps: int = 10) -> dict[str, Any]:
     """SFT ``model_dir`` on scripted demonstrations of ``env`` with TRL's `SFTTrainer`; save to ``out_dir``.
 
@@ -160,12 +210,17 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
     e.g. `igpo_trainer.demonstrations.oracle_demonstrations`) to train on instead of the synthetic world's scripted
     plans. ``warmup_steps``: linear learning-rate warm-up.
 
-    Returns a summary: demonstration stats, final training loss, seconds.
+    Without ``evaluate``, trains ``epochs`` epochs. With ``evaluate`` (model -> held-out greedy episode records, as
+    `igpo_envs.cli.evaluate` returns them in ``per_episode``) it trains until ``criterion`` holds (see
+    `ConvergenceCriterion`; its ``max_epochs`` is the cap and ``epochs`` is ignored) and reports every check.
+
+    Returns a summary: demonstration stats, final training loss, seconds, and with ``evaluate`` the criterion, whether
+    it was reached, at which step and epoch, and the figures of every check.
     """
     import time
 
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     start = time.perf_counter()
@@ -177,12 +232,15 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
                                      recover_share=recover_share, seed=seed)
     dataset = Dataset.from_list(rows)
     longest = max(len(r["input_ids"]) for r in rows)
+    if evaluate is not None:
+        criterion = criterion or ConvergenceCriterion()
+        epochs = criterion.max_epochs
     args = SFTConfig(
         output_dir=str(out_dir),
         num_train_epochs=epochs,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=lr_scheduler_type,
         warmup_steps=warmup_steps,
         max_length=longest,  # never truncate a demonstration
         completion_only_loss=True,  # use our completion_mask: policy turns only, observations masked
@@ -198,9 +256,49 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
         dataloader_num_workers=0,
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    num_gold = len(env.unwrapped.items[0].gold_passage_ids)
+    checks: list[dict[str, Any]] = []
+
+    class UntilConverged(TrainerCallback):
+        """Held-out greedy check every ``criterion.check_every`` steps; stop once the targets held ``patience``
+        times in a row."""
+
+        def check(self, state, model) -> None:
+            was_training = model.training
+            model.eval()
+            figures = reading_figures(evaluate(model), num_gold)
+            model.train(was_training)
+            figures.update(step=state.global_step, epoch=float(state.epoch or 0.0),
+                           met=criterion_met(figures, criterion))
+            checks.append(figures)
+            if progress:
+                print(f"[warm start] step {state.global_step} epoch {figures['epoch']:.2f}: validity "
+                      f"{figures['validity']:.3f} answer copy {figures['copy_accuracy']:.3f} query copy "
+                      f"{figures['query_copy']:.3f} EM {figures['em']:.3f} gold recall {figures['gold_recall']:.3f}",
+                      flush=True)
+
+        def on_step_end(self, _args, state, control, model=None, **kwargs):
+            if state.global_step % criterion.check_every == 0:
+                self.check(state, model)
+                recent = checks[-criterion.patience:]
+                if len(recent) == criterion.patience and all(c["met"] for c in recent):
+                    control.should_training_stop = True
+
+        def on_train_end(self, _args, state, control, model=None, **kwargs):
+            if not checks or checks[-1]["step"] != state.global_step:  # the cap ended training between checks
+                self.check(state, model)
+
+    callbacks = [UntilConverged()] if evaluate is not None else []
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=callbacks)
     result = trainer.train()
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    return {**stats, "examples": len(rows), "train_loss": float(result.training_loss),
-            "seconds": time.perf_counter() - start}
+    summary = {**stats, "examples": len(rows), "train_loss": float(result.training_loss),
+               "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0.0),
+               "seconds": time.perf_counter() - start}
+    if evaluate is not None:
+        summary["criterion"] = asdict(criterion)
+        summary["converged"] = bool(checks and checks[-1]["met"])
+        summary["checks"] = checks
+    return summary

@@ -42,16 +42,27 @@ def test_demo_writes_table_json_and_plot(demo_out):
     table = (out / "results.md").read_text()
     for policy in ("SFT start", "IGPO", "GRPO"):
         assert f"| {policy} |" in table
+    assert "| IGPO | 2 | " in table and " ± " in table  # two RL seeds: mean ± std
     saved = json.loads((out / "results.json").read_text())
     assert [r["policy"] for r in saved["rows"]] == ["SFT start", "IGPO", "GRPO"]
     for row in saved["rows"]:
         for key in ("em", "f1", "searches", "format_error_rate", "seconds"):
             assert _finite(row[key]), (row["policy"], key, row[key])
+    # Every RL seed of every method has its own row, trained from the one warm start for the same number of steps.
+    assert sorted((r["policy"], r["seed"]) for r in saved["seed_rows"]) == [("GRPO", 0), ("GRPO", 1), ("IGPO", 0),
+                                                                          ("IGPO", 1)]
     for name in ("IGPO", "GRPO"):
-        logs = saved["train_logs"][name]
-        assert [h["step"] for h in logs] == [1, 2]  # both methods ran the same number of steps
-        assert all(_finite(h["reward"]) and _finite(h["igpo/zero_adv_group_frac"]) for h in logs)
-        assert [c["step"] for c in saved["curves"][name]] == [1, 2]  # held-out evaluation during training
+        per_seed = [r for r in saved["seed_rows"] if r["policy"] == name]
+        mean = next(r for r in saved["rows"] if r["policy"] == name)
+        assert mean["em"] == pytest.approx(sum(r["em"] for r in per_seed) / 2)
+        assert len(saved["train_logs"][name]) == 2
+        for logs, curve in zip(saved["train_logs"][name], saved["curves"][name]):
+            assert [h["step"] for h in logs] == [1, 2]
+            assert all(_finite(h["reward"]) and _finite(h["igpo/zero_adv_group_frac"]) for h in logs)
+            assert [c["step"] for c in curve] == [1, 2]  # held-out evaluation during training
+    assert isinstance(saved["conclusions"]["igpo_em_ge_grpo_every_seed"], bool)
+    assert len(saved["conclusions"]["igpo_em_minus_grpo_per_seed"]) == 2
+    assert saved["numerics"]["torch_cpu_capability"]
 
 
 def test_demo_sft_start_speaks_the_protocol(demo_out):
@@ -60,7 +71,99 @@ def test_demo_sft_start_speaks_the_protocol(demo_out):
     d = report["diagnostics"]
     assert d["share_format_error"] < 1.0 and d["searches"] > 0.0, d
     assert 0.0 <= d["zero_adv_frac_grpo"] <= 1.0 and 0.0 <= d["zero_adv_frac_igpo"] <= d["zero_adv_frac_grpo"]
-    assert report["sft"]["examples"] > 0 and math.isfinite(report["sft"]["train_loss"])
+    sft = report["sft"]
+    assert sft["examples"] > 0 and math.isfinite(sft["train_loss"])
+    # The warm start reports its criterion and every held-out check; the last check is where it stopped.
+    assert sft["checks"] and sft["checks"][-1]["step"] == sft["steps"]
+    assert sft["converged"] == sft["checks"][-1]["met"]
+    assert set(sft["criterion"]) >= {"min_validity", "min_copy_accuracy", "min_query_copy", "max_epochs"}
+
+
+def test_reading_figures_and_criterion():
+    from igpo_trainer.warmstart import ConvergenceCriterion, criterion_met, reading_figures
+
+    def record(em, recall, error=None):
+        return {"em": em, "gold_recall": recall, "error": error, "truncated": False}
+
+    records = [record(1.0, 1.0), record(0.0, 1.0), record(0.0, 0.5), record(0.0, 0.0, "no answer tag")]
+    figures = reading_figures(records, num_gold=2)
+    assert figures["validity"] == 0.75
+    assert figures["copy_accuracy"] == 0.5  # EM among the two episodes that retrieved every gold passage
+    assert figures["query_copy"] == pytest.approx(2 / 3)  # of three that found a gold passage, two found both
+    assert not criterion_met(figures, ConvergenceCriterion())
+    assert criterion_met(figures, ConvergenceCriterion(min_validity=0.7, min_copy_accuracy=0.5, min_query_copy=0.6))
+    nothing_found = reading_figures([record(0.0, 0.0)], num_gold=2)
+    assert math.isnan(nothing_found["copy_accuracy"]) and not criterion_met(nothing_found, ConvergenceCriterion(
+        min_validity=0.0, min_copy_accuracy=0.0, min_query_copy=0.0))  # no evidence: copying was never measured
+
+
+@pytest.fixture(scope="module")
+def tiny_start(tmp_path_factory):
+    from igpo_trainer.demo import QUICK, build_model, make_train_env
+
+    return build_model(tmp_path_factory.mktemp("tiny"), QUICK, seed=0), make_train_env(QUICK)
+
+
+@pytest.mark.parametrize("perfect", [True, False])
+def test_warm_start_trains_until_its_criterion_or_the_cap(tiny_start, tmp_path, perfect):
+    """Stops at the first check that meets the criterion; without one, trains to the cap and says it did not
+    converge."""
+    from igpo_trainer.warmstart import ConvergenceCriterion, warm_start
+
+    base, env = tiny_start
+    calls = []
+
+    def evaluate(model):
+        calls.append(model.training)
+        return [{"em": float(perfect), "gold_recall": 1.0, "error": None, "truncated": False}] * 4
+
+    criterion = ConvergenceCriterion(check_every=2, max_epochs=2.0)
+    info = warm_start(base, env, tmp_path / "sft", num_examples=16, batch_size=8, learning_rate=1e-3, seed=0,
+                      progress=False, evaluate=evaluate, criterion=criterion)
+    assert calls and not any(calls)  # evaluated in eval mode
+    if perfect:
+        assert info["converged"] and info["steps"] == 2 and len(info["checks"]) == 1
+    else:
+        assert not info["converged"] and info["steps"] == 4  # 16 examples / 8 per step x 2 epochs
+        assert [c["step"] for c in info["checks"]] == [2, 4]
+    assert (tmp_path / "sft" / "config.json").is_file()
+
+
+def test_oracle_opening_plays_the_first_search_then_the_policy():
+    from igpo_trainer.demo import OracleOpening
+
+    class Policy:
+        def act_batch(self, observations, infos):
+            return [f"<answer> {info['question_id']} </answer>" for info in infos]
+
+    agent = OracleOpening(Policy(), {"q1": "Kesh Dalo Miru", "q2": "Romo Zutu Vela"})
+    infos = [{"question_id": "q1", "turn": 0}, {"question_id": "q2", "turn": 1}, {"question_id": "q2", "turn": 0}]
+    assert agent.act_batch(["", "", ""], infos) == ["<search> Kesh Dalo Miru </search>", "<answer> q2 </answer>",
+                                                   "<search> Romo Zutu Vela </search>"]
+
+
+def test_seed_summary_and_conclusions():
+    from igpo_trainer.demo import conclusions, results_table, seed_summary
+
+    rows = [{"policy": p, "seed": s, "em": em, "f1": em, "searches": 2.0, "gold_recall": 0.9, "format_error_rate": 0.0,
+             "turns": 3.0, "seconds": 10.0, "zero_adv_group_frac": z}
+            for p, z, ems in (("IGPO", 0.0, (0.5, 0.4, 0.6)), ("GRPO", 0.5, (0.3, 0.4, 0.2))) for s, em in enumerate(ems)]
+    igpo = seed_summary("IGPO", [r for r in rows if r["policy"] == "IGPO"])
+    assert igpo["seeds"] == 3 and igpo["em"] == pytest.approx(0.5) and igpo["em_std"] == pytest.approx(0.0816, abs=1e-3)
+    assert "| IGPO | 3 | 50.0 ± 8.2 |" in results_table([igpo])
+    c = conclusions(rows)
+    assert c["igpo_em_ge_grpo_every_seed"] and c["igpo_em_minus_grpo_per_seed"] == pytest.approx([0.2, 0.0, 0.4])
+    assert c["zero_adv_groups_grpo"] == 0.5 and c["zero_adv_groups_igpo"] == 0.0
+    rows[1]["em"] = 0.3  # IGPO seed 1 below GRPO seed 1
+    assert not conclusions(rows)["igpo_em_ge_grpo_every_seed"]
+
+
+def test_demo_cli_rejects_bad_counts():
+    from igpo_trainer.demo import main
+
+    for flag in ("--seeds", "--steps"):
+        with pytest.raises(SystemExit):
+            main([flag, "0", "--quick"])
 
 
 def test_warmstart_renders_trajectories_like_rollouts():

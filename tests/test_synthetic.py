@@ -234,6 +234,21 @@ def test_make_synth_env_passes_env_kwargs_and_shares_the_world(cache_dir):
     assert other.corpus_hash == env.corpus_hash
 
 
+def test_retriever_threads_default_to_serial_search(cache_dir):
+    """BM25 searches run bm25s's serial kernel unless asked otherwise: its parallel kernel was ~40x slower per query
+    on this shared 2-core machine. Same results either way."""
+    serial = make_synth_env(num_docs=DOCS, num_questions=5, cache_dir=cache_dir)
+    parallel = make_synth_env(num_docs=DOCS, num_questions=5, cache_dir=cache_dir, retriever_threads=2)
+    assert serial.retriever.n_threads == 1 and parallel.retriever.n_threads == 2
+    queries = [item.question for item in serial.items]
+    assert [[p.id for p in ps] for ps in serial.retriever.search(queries, 3)] == \
+        [[p.id for p in ps] for ps in parallel.retriever.search(queries, 3)]
+    with pytest.raises(ValueError, match="retriever_threads"):
+        make_synth_env(num_docs=DOCS, num_questions=5, cache_dir=cache_dir, retriever_threads=0)
+    with pytest.raises(TypeError, match="retriever_threads"):
+        make_synth_env(num_docs=DOCS, num_questions=5, cache_dir=cache_dir, retriever_threads=1.5)
+
+
 def test_vector_env_runs_the_oracle_in_batch(cache_dir):
     envs = gym.make_vec("igpo/SynthMultiHop-v0", num_envs=4, vectorization_mode="vector_entry_point",
                         num_docs=DOCS, hops=2, num_questions=8, cache_dir=cache_dir)
