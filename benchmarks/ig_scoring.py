@@ -22,6 +22,7 @@ import argparse
 import ctypes
 import statistics
 import time
+from functools import partial
 
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
@@ -97,10 +98,10 @@ def run(name: str, turns_list, repeats: int, attn: str) -> list[dict]:
 
         with torch.no_grad():
             methods = {
-                "official": lambda: per_prefix_answer_logprobs(model, ids, bounds, probe, mask),
-                "packed": lambda: answer_logprobs(model, ids, bounds, probe, mask, method="packed"),
-                "cached": lambda: answer_logprobs(model, ids, bounds, probe, mask, method="cached"),
-                "rollout": lambda: model(input_ids=ids[None], use_cache=False).logits,
+                "official": partial(per_prefix_answer_logprobs, model, ids, bounds, probe, mask),
+                "packed": partial(answer_logprobs, model, ids, bounds, probe, mask, method="packed"),
+                "cached": partial(answer_logprobs, model, ids, bounds, probe, mask, method="cached"),
+                "rollout": partial(model, input_ids=ids[None], use_cache=False),
                 "probes": probes_only,
             }
             values = {k: methods[k]() for k in ("official", "packed", "cached", "probes")}  # also warms up

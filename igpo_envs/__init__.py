@@ -16,7 +16,7 @@ def _register(env_id: str, entry_point: str, vector_entry_point: str, **kwargs) 
 _register("igpo/SearchQA-v0", "igpo_envs.env:SearchQAEnv", "make_search_qa_vector_env")
 for _name, _source in {"NQ": "nq", "TriviaQA": "tq", "PopQA": "popqa", "HotpotQA": "hotpotqa", "2Wiki": "2wiki",
                        "Musique": "musique", "Bamboogle": "Bamboogle"}.items():
-    _register(f"igpo/{_name}-v0", "igpo_envs.tasks.datasets:make_paper_env", "make_paper_vector_env",
+    _register(f"igpo/{_name}-v0", "igpo_envs.tasks.paper:make_paper_env", "make_paper_vector_env",
               data_source=_source)
 _register("igpo/HotpotQA-Distractor-v0", "igpo_envs.tasks.hotpotqa:make_hotpotqa_distractor_env",
           "make_hotpotqa_distractor_vector_env")

@@ -178,11 +178,14 @@ class _Episode:
 
     item: QAItem
     messages: list[dict[str, str]]
+    corpus_hash: str | None = None
     turn: int = 0
     queries: list[str] = field(default_factory=list)
+    query_keys: set[str] = field(default_factory=set)
     repeated_queries: int = 0
-    retrieved_ids: list[str] = field(default_factory=list)
+    retrieved_ids: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
     retrieved_titles: set[str] = field(default_factory=set)
+    gold_recall: float | None = None
     done: bool = False
 
 
@@ -285,7 +288,8 @@ class SearchQAEnv(gym.Env[str, str]):
         if reward_metric not in REWARD_METRICS:
             raise ValueError(f"unknown reward_metric {reward_metric!r}; expected one of {sorted(REWARD_METRICS)}")
         if observation_layout not in OBSERVATION_LAYOUTS:
-            raise ValueError(f"unknown observation_layout {observation_layout!r}; expected one of {OBSERVATION_LAYOUTS}")
+            raise ValueError(f"unknown observation_layout {observation_layout!r}; "
+                             f"expected one of {OBSERVATION_LAYOUTS}")
         if isinstance(tools, str) or not tools or set(tools) - set(TOOLS):
             raise ValueError(f"tools must be a non-empty sequence of names from {TOOLS}, got {tools!r}")
         topk, max_turns = _integer("topk", topk, 1), _integer("max_turns", max_turns, 1)
@@ -302,6 +306,7 @@ class SearchQAEnv(gym.Env[str, str]):
             hint = f" (in data sources {sources}: pass data_source= to keep one)" if len(sources) > 1 else ""
             raise ValueError(f"question ids must be unique (they pin and trace episodes); {duplicate!r} repeats{hint}")
         self.protocol = protocol
+        self._tool_role = "tool" if protocol == "tool_call" else "user"  # who speaks a tool result in the chat
         self.topk = topk
         self.max_turns = max_turns
         self.format_penalty = format_penalty
@@ -371,7 +376,9 @@ class SearchQAEnv(gym.Env[str, str]):
             index = self._next_index()
         item = self.items[index]
         prompt = sanitize_text(render_prompt(item.question, self.protocol, self.prompt_template))
-        self._episode = _Episode(item=item, messages=[{"role": "user", "content": prompt}])
+        self._episode = _Episode(item=item, messages=[{"role": "user", "content": prompt}],
+                                 corpus_hash=self.corpus_hash)
+        self._episode.gold_recall = self._gold_recall()
         if self.render_mode == "human":
             self.render()
         return prompt, self._info()
@@ -390,74 +397,84 @@ class SearchQAEnv(gym.Env[str, str]):
 
     # ------------------------------------------------------------------ step
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        return step_batch([self], [action])[0]
+        """One turn of the episode: read the action, run its search (if any), then `advance`. `step_batch` does the
+        same for many envs with one batched search in the middle."""
+        turn = self.read(action)
+        passages = None
+        if turn.kind == "search" and self.retriever is not None:
+            (passages,) = retrieve(self.retriever, [turn.argument], self.topk)
+        return self.advance(action, turn, passages)
 
-    def _parse(self, action: Any) -> Action:
+    def read(self, action: Any) -> Action:
+        """The parsed turn (`parse_action` with this env's protocol and tools). Raises `ResetNeeded` when no
+        episode is running."""
         if self._episode is None or self._episode.done:
             raise ResetNeeded("the episode has ended (or never started): call reset() before step()")
         return parse_action(action, self.protocol, self.tools)
 
-    def _tool_result(self, action: Action, passages: list[Passage] | None) -> str:
-        """The observation text of a tool turn, recording queries and retrieved ids on the way."""
-        episode = self._episode
-        if action.kind == "search":
-            key = _query_key(action.argument)
-            episode.repeated_queries += any(_query_key(q) == key for q in episode.queries)
-            episode.queries.append(action.argument)
-            if passages is None:
-                return wrap_result(NO_RETRIEVER_NOTICE, self.protocol, self.observation_layout)
-            for p in passages:
-                if p.id not in episode.retrieved_ids:
-                    episode.retrieved_ids.append(p.id)
-                episode.retrieved_titles.add(p.title)
-            return format_observation(passages, self.protocol, self.observation_layout)
-        # browse
-        if self.browser is None:
-            return wrap_result(NO_BROWSER_NOTICE, self.protocol, self.observation_layout)
-        try:
-            page = self.browser(action.argument)
-        except Exception as exc:  # a failed fetch is information for the agent, not a crash
-            page = f"Could not open {action.argument}: {type(exc).__name__}: {exc}"
-        return wrap_result(str(page), self.protocol, self.observation_layout)
-
-    def _finish(self, text: Any, action: Action, passages: list[Passage] | None):
+    def advance(self, action: Any, turn: Action, passages: Sequence[Passage] | None):
+        """The rest of a step once `read` parsed ``action`` into ``turn`` and a search turn's ``passages`` were
+        retrieved (None without a retriever): record the turn, reward it, and return ``(observation, reward,
+        terminated, truncated, info)``."""
         episode = self._episode
         episode.turn += 1
-        episode.messages.append({"role": "assistant", "content": text if isinstance(text, str) else repr(text)})
-        terminated = truncated = False
-        prediction = None
-        if action.kind == "answer":
-            prediction = action.argument
-            reward = float(REWARD_METRICS[self.reward_metric](prediction, episode.item.golden_answers))
-            observation, terminated = "", True
-        elif action.kind == "invalid":
-            reward, observation, terminated = self.format_penalty, "", True
+        episode.messages.append({"role": "assistant", "content": action if isinstance(action, str) else repr(action)})
+        observation, terminated, truncated = "", False, False
+        if turn.kind == "answer":
+            em, f1 = self._scores(turn.argument)
+            reward, terminated = (f1 if self.reward_metric == "f1" else em), True
+        elif turn.kind == "invalid":
+            reward, terminated = self.format_penalty, True
         else:
-            reward = 0.0
-            observation = sanitize_text(self._tool_result(action, passages))
-            episode.messages.append({"role": "tool" if self.protocol == "tool_call" else "user",
-                                     "content": observation})
+            observation = sanitize_text(self._tool_result(turn, passages))
+            episode.messages.append({"role": self._tool_role, "content": observation})
             truncated = episode.turn >= self.max_turns
-            if truncated:  # out of turns without an answer
-                reward = self.no_answer_reward
+            reward = self.no_answer_reward if truncated else 0.0  # out of turns without an answer
         episode.done = terminated or truncated
         info = self._info()
-        info["action"] = action.as_dict()
-        info["error"] = action.error
+        info["action"] = turn.as_dict()
+        info["error"] = turn.error
         if episode.done:
-            golds = episode.item.golden_answers
-            info.update(golden_answers=list(golds), prediction=prediction,
-                        em=exact_match(prediction, golds) if prediction is not None else 0.0,
-                        f1=f1_score(prediction, golds) if prediction is not None else 0.0)
+            prediction = turn.argument if turn.kind == "answer" else None
+            em, f1 = self._scores(prediction) if prediction is not None else (0.0, 0.0)
+            info.update(golden_answers=list(episode.item.golden_answers), prediction=prediction, em=em, f1=f1)
         if self.render_mode == "human":
             self.render()
         return observation, reward, terminated, truncated, info
 
+    def _scores(self, prediction: str) -> tuple[float, float]:
+        golds = self._episode.item.golden_answers
+        return exact_match(prediction, golds), f1_score(prediction, golds)
+
+    def _tool_result(self, turn: Action, passages: Sequence[Passage] | None) -> str:
+        """The observation text of a tool turn, recording queries and retrieved passages on the way."""
+        episode = self._episode
+        if turn.kind == "search":
+            key = _query_key(turn.argument)
+            episode.repeated_queries += key in episode.query_keys
+            episode.query_keys.add(key)
+            episode.queries.append(turn.argument)
+            if passages is None:
+                return wrap_result(NO_RETRIEVER_NOTICE, self.protocol, self.observation_layout)
+            for p in passages:
+                episode.retrieved_ids[p.id] = None
+                episode.retrieved_titles.add(p.title)
+            episode.gold_recall = self._gold_recall()
+            return format_observation(passages, self.protocol, self.observation_layout)
+        if self.browser is None:
+            return wrap_result(NO_BROWSER_NOTICE, self.protocol, self.observation_layout)
+        try:
+            page = self.browser(turn.argument)
+        except Exception as exc:  # a failed fetch is information for the agent, not a crash
+            page = f"Could not open {turn.argument}: {type(exc).__name__}: {exc}"
+        return wrap_result(str(page), self.protocol, self.observation_layout)
+
     def _info(self) -> dict[str, Any]:
+        # Lists are copied (the env appends to its own); message dicts are shared, not copied: do not edit them.
         episode = self._episode
         item = episode.item
         return {
-            "messages": [dict(m) for m in episode.messages],
+            "messages": list(episode.messages),
             "question": item.question,
             "question_id": item.id,
             "data_source": item.data_source,
@@ -466,17 +483,17 @@ class SearchQAEnv(gym.Env[str, str]):
             "queries": list(episode.queries),
             "repeated_queries": episode.repeated_queries,
             "retrieved_ids": list(episode.retrieved_ids),
-            "gold_recall": self._gold_recall(),
-            "corpus_hash": self.corpus_hash,
+            "gold_recall": episode.gold_recall,
+            "corpus_hash": episode.corpus_hash,
         }
 
     def _gold_recall(self) -> float | None:
+        """Share of the gold passages retrieved so far (by id, else by title); None when the gold is unknown."""
         episode, item = self._episode, self._episode.item
         if item.gold_passage_ids:
-            found = set(episode.retrieved_ids)
-            return sum(g in found for g in item.gold_passage_ids) / len(item.gold_passage_ids)
+            return sum(map(episode.retrieved_ids.__contains__, item.gold_passage_ids)) / len(item.gold_passage_ids)
         if item.gold_titles:
-            return sum(t in episode.retrieved_titles for t in item.gold_titles) / len(item.gold_titles)
+            return sum(map(episode.retrieved_titles.__contains__, item.gold_titles)) / len(item.gold_titles)
         return None
 
     # ------------------------------------------------------------------ render
@@ -494,28 +511,33 @@ class SearchQAEnv(gym.Env[str, str]):
         return None
 
 
+def retrieve(retriever: Retriever, queries: list[str], topk: int) -> list[list[Passage]]:
+    """``retriever.search(queries, topk)``, checked: one result list per query, at most ``topk`` passages each."""
+    results = retriever.search(queries, topk)
+    if len(results) != len(queries):
+        raise RuntimeError(f"{type(retriever).__name__}.search returned {len(results)} result lists "
+                           f"for {len(queries)} queries")
+    return [list(result)[:topk] for result in results]
+
+
 def step_batch(envs: Sequence[SearchQAEnv], actions: Sequence[Any]) -> list[tuple[str, float, bool, bool, dict]]:
-    """Step many envs at once: parse every action, answer all searches that share a retriever (and `topk`) with ONE
-    batched ``retriever.search`` call, then finish each step. Returns one ``(obs, reward, terminated, truncated,
-    info)`` per env. `SearchQAEnv.step` is this function with one env."""
+    """Step many envs at once, as `SearchQAEnv.step` steps one: `SearchQAEnv.read` every action, answer all searches
+    that share a retriever (and ``topk``) with ONE batched search, then `SearchQAEnv.advance` each env. Returns one
+    ``(obs, reward, terminated, truncated, info)`` per env. `SearchQAVectorEnv.step` is built on it."""
     if len(envs) != len(actions):
         raise ValueError(f"got {len(envs)} envs but {len(actions)} actions")
     for env in envs:
         if not isinstance(env, SearchQAEnv):
             raise TypeError(f"step_batch steps SearchQAEnv instances, got {type(env).__name__}; pass env.unwrapped "
                             "(wrappers are not applied by step_batch)")
-    parsed = [env._parse(a) for env, a in zip(envs, actions)]
+    turns = [env.read(action) for env, action in zip(envs, actions)]
     passages: list[list[Passage] | None] = [None] * len(envs)
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, (env, action) in enumerate(zip(envs, parsed)):
-        if action.kind == "search" and env.retriever is not None:
+    for i, (env, turn) in enumerate(zip(envs, turns)):
+        if turn.kind == "search" and env.retriever is not None:
             groups.setdefault((id(env.retriever), env.topk), []).append(i)
     for (_, topk), members in groups.items():
-        retriever = envs[members[0]].retriever
-        results = retriever.search([parsed[i].argument for i in members], topk)
-        if len(results) != len(members):
-            raise RuntimeError(f"{type(retriever).__name__}.search returned {len(results)} result lists "
-                               f"for {len(members)} queries")
+        results = retrieve(envs[members[0]].retriever, [turns[i].argument for i in members], topk)
         for i, result in zip(members, results):
-            passages[i] = list(result)[:topk]
-    return [env._finish(a, action, p) for env, a, action, p in zip(envs, actions, parsed, passages)]
+            passages[i] = result
+    return [env.advance(action, turn, p) for env, action, turn, p in zip(envs, actions, turns, passages)]

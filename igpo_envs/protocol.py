@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from igpo_envs.types import Passage
 
@@ -55,19 +55,21 @@ _AGENT_TAGS = ("think", "search", "browse", "answer", "tool_call")
 _RESULT_TAGS = {"tag": "information", "tool_call": "tool_response"}
 # One pass over every protocol tag: parsing is linear in the text length whatever the text holds.
 _TAG_PATTERN = re.compile(rf"<(/?)({'|'.join(_AGENT_TAGS + tuple(_RESULT_TAGS.values()))})>")
+_AGENT_TAG_SET = frozenset(_AGENT_TAGS)
+# The blocks that call a tool in each protocol (the other protocol's call blocks are plain text).
+_CALL_TAGS = {"tag": frozenset(TOOLS), "tool_call": frozenset({"tool_call"})}
 
-@dataclass(frozen=True)
-class Action:
-    """A parsed turn. ``kind`` is "search", "browse", "answer" or "invalid"; ``argument`` is the query, URL or answer."""
+
+class Action(NamedTuple):
+    """A parsed turn. ``kind`` is "search", "browse", "answer" or "invalid"; ``argument`` is the query, URL or answer.
+
+    A named tuple: the parser builds one per turn, and a tuple is several times cheaper to make than a frozen
+    dataclass."""
 
     kind: str
     argument: str = ""
     error: str | None = None
     think: str | None = None
-
-    @property
-    def is_tool(self) -> bool:
-        return self.kind in TOOLS
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "argument": self.argument, "error": self.error}
@@ -82,29 +84,34 @@ def _scan_blocks(text: str) -> list[tuple[str, str]] | str:
     """The ``(tag, body)`` blocks of a turn in order, leaving out those inside a ``<think>`` (reasoning, no action);
     or why its tags are malformed: unbalanced, crossed, nested (a tag inside any block but ``<think>``, or a
     ``<think>`` inside a ``<think>``), or a result tag only the env may write."""
+    # One regex split: [text, "/" or "", tag, text, "/" or "", tag, ..., text]; positions are summed piece lengths.
+    pieces = _TAG_PATTERN.split(text)
     blocks: list[tuple[str, str]] = []
     open_tags: list[tuple[str, int]] = []  # (tag, where its body starts)
-    for match in _TAG_PATTERN.finditer(text):
-        closing, tag = match.group(1), match.group(2)
-        if tag not in _AGENT_TAGS:
-            if closing:  # a stray closing result tag is plain text
-                continue
-            return f"the agent wrote a <{tag}> block; only the environment may"
-        if not closing:
+    position = len(pieces[0])
+    for k in range(1, len(pieces), 3):
+        closing, tag = pieces[k], pieces[k + 1]
+        start = position
+        position += len(closing) + len(tag) + 2
+        if tag not in _AGENT_TAG_SET:
+            if not closing:  # a stray closing result tag is plain text
+                return f"the agent wrote a <{tag}> block; only the environment may"
+        elif not closing:
             if open_tags and (open_tags[-1][0] != "think" or tag == "think"):
-                return f"nested tags: <{tag}> inside <{open_tags[-1][0]}> at position {match.start()}"
-            open_tags.append((tag, match.end()))
+                return f"nested tags: <{tag}> inside <{open_tags[-1][0]}> at position {start}"
+            open_tags.append((tag, position))
         elif not open_tags:
-            return f"unbalanced <{tag}> tags: </{tag}> at position {match.start()} closes nothing"
+            return f"unbalanced <{tag}> tags: </{tag}> at position {start} closes nothing"
         elif open_tags[-1][0] != tag:
-            return f"unbalanced <{open_tags[-1][0]}> tags: closed by </{tag}> at position {match.start()}"
+            return f"unbalanced <{open_tags[-1][0]}> tags: closed by </{tag}> at position {start}"
         else:
-            _, start = open_tags.pop()
+            _, body_start = open_tags.pop()
             if not open_tags:
-                blocks.append((tag, text[start:match.start()]))
+                blocks.append((tag, text[body_start:start]))
+        position += len(pieces[k + 2])
     if open_tags:
-        tag, start = open_tags[-1]
-        return f"unbalanced <{tag}> tags: <{tag}> at position {start - len(tag) - 2} is never closed"
+        tag, body_start = open_tags[-1]
+        return f"unbalanced <{tag}> tags: <{tag}> at position {body_start - len(tag) - 2} is never closed"
     return blocks
 
 
@@ -148,7 +155,8 @@ def parse_action(
 ) -> Action:
     """Parse one turn of agent text into an `Action`. Never raises on any input text, and runs in time linear in its
     length; text longer than ``max_chars`` is invalid without being read."""
-    _check_protocol(protocol)
+    if protocol not in _CALL_TAGS:
+        _check_protocol(protocol)
     if not isinstance(text, str):
         return Action("invalid", error=f"action must be a string, got {type(text).__name__}")
     if len(text) > max_chars:
@@ -156,10 +164,16 @@ def parse_action(
     blocks = _scan_blocks(text)
     if isinstance(blocks, str):
         return Action("invalid", error=blocks)
-    think = "\n".join(body.strip() for tag, body in blocks if tag == "think") or None
-    answers = [body for tag, body in blocks if tag == "answer"]
-    call_tags = TOOLS if protocol == "tag" else ("tool_call",)
-    calls = [(tag, body) for tag, body in blocks if tag in call_tags]
+    thoughts, answers, calls = [], [], []
+    call_tags = _CALL_TAGS[protocol]
+    for tag, body in blocks:
+        if tag == "think":
+            thoughts.append(body.strip())
+        elif tag == "answer":
+            answers.append(body)
+        elif tag in call_tags:
+            calls.append((tag, body))
+    think = "\n".join(thoughts) or None
     if answers and calls:
         return Action("invalid", error="the turn contains both a tool call and an answer", think=think)
     if len(answers) + len(calls) > 1:
@@ -173,13 +187,13 @@ def parse_action(
         return Action("invalid", error="no action found: expected a tool call or an <answer>", think=think)
     tool, body = calls[0]
     if protocol == "tool_call":
-        action = _parse_tool_call(body.strip(), tools)
-        return Action(action.kind, action.argument, action.error, think)
+        return _parse_tool_call(body.strip(), tools)._replace(think=think)
     if tool not in tools:
         return Action("invalid", error=f"unknown tool <{tool}>; available: {sorted(tools)}", think=think)
-    if not body.strip():
+    query = body.strip()
+    if not query:
         return Action("invalid", error=f"empty <{tool}> query", think=think)
-    return Action(tool, body.strip(), think=think)
+    return Action(tool, query, think=think)
 
 
 def _check_layout(layout: str) -> None:

@@ -135,64 +135,91 @@ class SearchQAVectorEnv(VectorEnv):
         actions = list(actions)
         if len(actions) != self.num_envs:
             raise ValueError(f"got {len(actions)} actions for num_envs={self.num_envs}")
-        rewards = np.zeros(self.num_envs, dtype=np.float64)
-        step_infos: list[tuple[int, dict]] = []
+        infos: list[tuple[int, dict]] = []
         stepping = []
-        for i in range(self.num_envs):
-            if not self._autoreset[i]:
+        for i, ended in enumerate(self._autoreset.tolist()):
+            if not ended:
                 stepping.append(i)
             elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
                 self._obs[i], info = self.envs[i].reset()
-                self._terminations[i] = self._truncations[i] = False
                 self.last_infos[i] = info
-                step_infos.append((i, info))
+                infos.append((i, info))
             else:  # DISABLED: an ended sub-env that was not reset is skipped
                 self._obs[i] = ""
+        rewards = [0.0] * self.num_envs
+        # NEXT_STEP: reset sub-envs are not done; DISABLED: skipped sub-envs keep their done flags.
+        keep = self.autoreset_mode == AutoresetMode.DISABLED
+        terminations = self._terminations.tolist() if keep else [False] * self.num_envs
+        truncations = self._truncations.tolist() if keep else [False] * self.num_envs
         results = step_batch([self.envs[i] for i in stepping], [actions[i] for i in stepping])
         for i, (obs, reward, terminated, truncated, info) in zip(stepping, results):
-            rewards[i] = reward
-            self._terminations[i], self._truncations[i] = terminated, truncated
+            rewards[i], terminations[i], truncations[i] = reward, terminated, truncated
             if self.autoreset_mode == AutoresetMode.SAME_STEP and (terminated or truncated):
                 final = {"final_obs": obs, "final_info": info}
                 obs, info = self.envs[i].reset()
                 info = {**info, **final}
             self._obs[i] = obs
             self.last_infos[i] = info
-            step_infos.append((i, info))
+            infos.append((i, info))
+        self._terminations = np.array(terminations, dtype=np.bool_)
+        self._truncations = np.array(truncations, dtype=np.bool_)
         if self.autoreset_mode == AutoresetMode.SAME_STEP:
             self._autoreset[:] = False
         else:
             self._autoreset = self._terminations | self._truncations
-        step_infos.sort(key=lambda pair: pair[0])
-        return (tuple(self._obs), rewards, self._terminations.copy(), self._truncations.copy(),
-                self._batch_infos(step_infos))
+        if len(infos) > len(stepping):  # some sub-envs were reset first: back into sub-env order
+            infos.sort(key=lambda pair: pair[0])
+        return (tuple(self._obs), np.array(rewards, dtype=np.float64), self._terminations.copy(),
+                self._truncations.copy(), self._batch_infos(infos))
 
     def _batch_infos(self, infos: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Gymnasium's batched info layout (``info[key]``: one entry per sub-env, ``info["_key"]``: which sub-envs
-        have it; nested dicts batched recursively; ``final_obs`` an object array), built in one pass per key.
+        have it; nested dicts batched recursively; ``final_obs`` an object array), built one column per key.
 
         Unlike `VectorEnv._add_info`, a key whose values mix types (e.g. ``gold_recall`` None for some questions, a
-        float for others) becomes an object array instead of failing, and masks are allocated once per key."""
+        float for others) becomes an object array instead of failing."""
+        if not infos:
+            return {}
+        rows = [i for i, _ in infos]
+        dicts = [info for _, info in infos]
+        try:  # the usual case: every sub-env reports the same keys (as many as the first, and each of its keys)
+            if set(map(len, dicts)) != {len(dicts[0])}:
+                raise KeyError
+            columns = {key: (rows, [info[key] for info in dicts]) for key in dicts[0]}
+        except KeyError:
+            columns = {}
+            for i, info in infos:
+                for key, value in info.items():
+                    column = columns.setdefault(key, ([], []))
+                    column[0].append(i)
+                    column[1].append(value)
         batched: dict[str, Any] = {}
-        keys = dict.fromkeys(key for _, info in infos for key in info)
-        for key in keys:
-            present = [(i, info[key]) for i, info in infos if key in info]
-            values = [value for _, value in present]
-            if key != "final_obs" and all(isinstance(v, dict) for v in values):
-                array = self._batch_infos(present)
+        for key, (rows, values) in columns.items():
+            batched[key] = self._batch_column(key, rows, values)
+            if len(rows) == self.num_envs:
+                batched[f"_{key}"] = np.ones(self.num_envs, dtype=np.bool_)
             else:
-                kinds = {type(v) for v in values}
-                numeric = len(kinds) == 1 and (kinds <= {int, float, bool} or issubclass(next(iter(kinds)), np.number))
-                if numeric and key != "final_obs":
-                    array = np.zeros(self.num_envs, dtype=next(iter(kinds)))
-                else:
-                    array = np.full(self.num_envs, None, dtype=object)
-                for i, value in present:
-                    array[i] = value
-            mask = np.zeros(self.num_envs, dtype=np.bool_)
-            mask[[i for i, _ in present]] = True
-            batched[key], batched[f"_{key}"] = array, mask
+                batched[f"_{key}"] = mask = np.zeros(self.num_envs, dtype=np.bool_)
+                mask[rows] = True
         return batched
+
+    def _batch_column(self, key: str, rows: list[int], values: list[Any]) -> Any:
+        kinds = set(map(type, values))
+        kind = kinds.pop() if len(kinds) == 1 and key != "final_obs" else object
+        if kind is dict:
+            return self._batch_infos(list(zip(rows, values)))
+        full = len(rows) == self.num_envs
+        if kind in (int, float, bool) or issubclass(kind, np.number):
+            if full:
+                return np.array(values, dtype=kind)
+            array = np.zeros(self.num_envs, dtype=kind)
+        else:  # object column: fromiter keeps each value (a list stays one entry)
+            values = np.fromiter(values, dtype=object, count=len(values))
+            if full:
+                return values
+            array = np.full(self.num_envs, None, dtype=object)
+        array[rows] = values
+        return array
 
     def render(self) -> tuple[Any, ...]:
         return tuple(env.render() for env in self.envs)
@@ -200,11 +227,6 @@ class SearchQAVectorEnv(VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         for env in self.envs:
             env.close()
-
-
-def make_vector_env(num_envs: int, env_fn: Callable[..., SearchQAEnv] | str = SearchQAEnv, **kwargs: Any):
-    """Build a `SearchQAVectorEnv` (what ``vector_entry_point`` calls)."""
-    return SearchQAVectorEnv(num_envs=num_envs, env_fn=env_fn, **kwargs)
 
 
 def _vector_entry_point(entry_point: str) -> Callable[..., SearchQAVectorEnv]:
@@ -217,6 +239,6 @@ def _vector_entry_point(entry_point: str) -> Callable[..., SearchQAVectorEnv]:
 
 # The vector entry points of the registered ids, one module attribute each so they register by string path.
 make_search_qa_vector_env = _vector_entry_point("igpo_envs.env:SearchQAEnv")
-make_paper_vector_env = _vector_entry_point("igpo_envs.tasks.datasets:make_paper_env")
+make_paper_vector_env = _vector_entry_point("igpo_envs.tasks.paper:make_paper_env")
 make_hotpotqa_distractor_vector_env = _vector_entry_point("igpo_envs.tasks.hotpotqa:make_hotpotqa_distractor_env")
 make_synth_vector_env = _vector_entry_point("igpo_envs.tasks.synthetic:make_synth_env")

@@ -10,8 +10,9 @@ import pytest
 from conftest import ITEMS, PASSAGES, KeywordRetriever
 
 from igpo_envs.agents import OracleAgent, RandomAgent, SearchQuestionAgent, agent_names, make_agent
-from igpo_envs.cli import NoRetrieverError, _episode_order, evaluate, format_table, main
+from igpo_envs.cli import format_table, main
 from igpo_envs.env import SearchQAEnv
+from igpo_envs.evaluation import NoRetrieverError, episode_order, evaluate
 from igpo_envs.protocol import parse_action
 from igpo_envs.tasks.datasets import data_path
 
@@ -78,7 +79,7 @@ def test_evaluate_covers_questions_in_seeded_order():
     assert result["episodes"] == 7 and len(ids) == 7
     # Two full passes over the 3 questions, then one more: no question repeats before every one was asked.
     assert sorted(Counter(ids).values()) == [2, 2, 3]
-    assert sorted(ids) == sorted(ITEMS[i].id for i in _episode_order(3, 7, 3))
+    assert sorted(ids) == sorted(ITEMS[i].id for i in episode_order(3, 7, 3))
     assert result["em"] == 1.0 and result["f1"] == 1.0
     # q0: 1 search, q1: 2 searches, q2: no gold queries -> answers at once.
     by_id = {r["question_id"]: r["searches"] for r in result["per_episode"]}

@@ -11,14 +11,13 @@ import pytest
 from conftest import KeywordRetriever
 
 from igpo_envs.tasks.datasets import (
-    PAPER_DATASETS,
     data_path,
     load_flashrag_jsonl,
-    load_paper_split,
     load_questions,
     load_verl_parquet,
 )
 from igpo_envs.tasks.hotpotqa import load_hotpotqa_distractor
+from igpo_envs.tasks.paper import PAPER_DATASETS, load_paper_split
 from igpo_envs.types import QAItem
 
 
@@ -182,7 +181,7 @@ def test_shipped_flashrag_sample_with_wiki_corpus(tmp_path):
     assert obs in env.observation_space
 
 
-# ---------------------------------------------------------------------------------------------- hostile data (issue 12)
+# ---------------------------------------------------------------------------------------------- hostile data
 SEARCH_R1_INSTRUCTIONS = (  # the shape of Search-R1's make_prefix: instructions naming the tags, then the question
     "Answer the given question. Reason inside <think> and </think>. Search with <search> query </search>; results "
     "come back between <information> and </information>. Give the answer inside <answer> and </answer>, for "
@@ -227,7 +226,8 @@ def test_merged_multi_source_parquet_and_the_data_source_filter(tmp_path):
     assert [item.id for item in load_questions(path)] == ["nq-0", "nq-1", "triviaqa-0", "triviaqa-1"]
     env = gym.make("igpo/SearchQA-v0", questions=str(path), data_source="triviaqa", retriever=KeywordRetriever([]))
     assert [item.question for item in env.unwrapped.items] == ["triviaqa question 0?", "triviaqa question 1?"]
-    with pytest.raises(ValueError, match=r"no questions found with data_source='hotpotqa' \(sources present: \['nq', 'triviaqa'\]\)"):
+    expected = r"no questions found with data_source='hotpotqa' \(sources present: \['nq', 'triviaqa'\]\)"
+    with pytest.raises(ValueError, match=expected):
         load_questions(path, data_source="hotpotqa")
     # explicit ids that repeat across sources: the error says how to pick one source
     same_ids = tmp_path / "same.parquet"
@@ -293,8 +293,9 @@ def test_jsonl_field_types_are_validated(tmp_path, row, match):
 
 
 def test_null_or_integer_ids(tmp_path):
-    path = write_jsonl(tmp_path / "q.jsonl", [{"id": None, "question": "q", "golden_answers": ["x"]},
-                                             {"id": 7, "question": "q", "golden_answers": ["x"], "gold_passage_ids": [3]}])
+    rows = [{"id": None, "question": "q", "golden_answers": ["x"]},
+            {"id": 7, "question": "q", "golden_answers": ["x"], "gold_passage_ids": [3]}]
+    path = write_jsonl(tmp_path / "q.jsonl", rows)
     items = load_questions(path)
     assert [item.id for item in items] == ["q-1", "7"] and items[1].gold_passage_ids == ("3",)  # was "None"
 

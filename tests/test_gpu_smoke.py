@@ -44,8 +44,9 @@ def test_two_igpo_steps_on_a_real_small_model(tmp_path):
         env_id="igpo/HotpotQA-Distractor-v0",
         bf16=torch.cuda.is_bf16_supported(),
         report_to="none",
-        per_device_train_batch_size=4,
+        per_device_train_batch_size=8,
         num_generations=4,
+        temperature=1.0,
         max_steps=2,
         max_completion_length=768,
         max_turn_length=128,
@@ -66,5 +67,7 @@ def test_two_igpo_steps_on_a_real_small_model(tmp_path):
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logs) == 2 and all(math.isfinite(log["loss"]) for log in logs)
     after = dict(trainer.model.named_parameters())[name].detach().float().cpu()
-    if any(log.get("grad_norm", 0.0) > 0 for log in logs):  # all-zero advantages in both steps give no update
-        assert not torch.equal(before, after), f"{name} did not change after two IGPO steps with non-zero gradients"
+    # 8 sampled rollouts of 2 questions with information-gain turn rewards: a smoke run without a single non-zero
+    # gradient means the rewards or advantages are broken, so both checks are unconditional.
+    assert any(log.get("grad_norm", 0.0) > 0 for log in logs), f"no gradient in two IGPO steps: {logs}"
+    assert not torch.equal(before, after), f"{name} did not change after two IGPO steps"

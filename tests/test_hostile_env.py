@@ -1,5 +1,5 @@
 """Hostile input and faults in the envs: what a policy or a user may throw at them gets a format penalty or a clear
-error, never a crash, a hang or a silently wrong result (issue 12). Each test reproduces a failure seen before."""
+error, never a crash, a hang or a silently wrong result. Each test reproduces a failure seen before."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def test_nested_or_crossed_tags_are_malformed(text, fragment):
 
 def test_actions_inside_think_are_still_reasoning():
     action = parse_action("<think>maybe <search>a</search> or <answer>b</answer></think><search> c </search>")
-    assert (action.kind, action.argument, action.think) == ("search", "c", "maybe <search>a</search> or <answer>b</answer>")
+    think = "maybe <search>a</search> or <answer>b</answer>"
+    assert (action.kind, action.argument, action.think) == ("search", "c", think)
 
 
 # ---------------------------------------------------------------------------------------------- silent coercions

@@ -1,4 +1,4 @@
-"""Contract tests of igpo_envs.metrics (DESIGN.md): SQuAD normalisation, exact match, token F1 (max over golds)."""
+"""Contract tests of igpo_envs.metrics: SQuAD normalisation, exact match, token F1 (max over golds)."""
 
 from __future__ import annotations
 

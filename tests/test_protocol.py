@@ -31,7 +31,8 @@ def test_tool_call_protocol_valid():
     as_string = {"name": "search", "arguments": json.dumps({"query": "q"})}
     assert parse_action(f"<tool_call>{json.dumps(as_string)}</tool_call>", "tool_call").kind == "search"
     browse = {"name": "browse", "arguments": {"url": "https://x.org"}}
-    assert parse_action(f"<tool_call>{json.dumps(browse)}</tool_call>", "tool_call", ("search", "browse")).kind == "browse"
+    call = f"<tool_call>{json.dumps(browse)}</tool_call>"
+    assert parse_action(call, "tool_call", ("search", "browse")).kind == "browse"
 
 
 @pytest.mark.parametrize(

@@ -482,10 +482,23 @@ def test_ig_clip_bounds_information_gain_rewards():
         assign_turn_rewards([episode], [torch.tensor([0.0, 0.0])])
 
 
-def test_trainer_and_config_are_trl_subclasses():
+def test_trainer_overrides_only_its_trl_hooks_and_config_documents_its_fields():
+    """IGPO plugs into TRL through rollout_func plus two overrides; a new override (or a TRL rename that orphans one)
+    fails here. Every field IGPOConfig adds has help text, and it keeps TRL's defaults but the one it changes."""
+    import dataclasses
+
     from trl import GRPOConfig, GRPOTrainer
 
-    assert issubclass(IGPOTrainer, GRPOTrainer) and issubclass(IGPOConfig, GRPOConfig)
+    overridden = {name for name in vars(IGPOTrainer)
+                  if not name.startswith("__") and callable(getattr(GRPOTrainer, name, None))}
+    assert overridden == {"_generate_and_score_completions", "training_step"}
+    trl_fields = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    own = [f for f in dataclasses.fields(IGPOConfig) if f.name not in trl_fields]
+    assert {"info_gain_type", "info_gain_norm", "gamma", "env_id"} <= {f.name for f in own}
+    assert all(f.metadata.get("help") for f in own), [f.name for f in own if not f.metadata.get("help")]
+    changed = {f.name for f in dataclasses.fields(IGPOConfig)
+               if f.name in trl_fields and f.default != trl_fields[f.name].default}
+    assert changed == {"vllm_importance_sampling_correction"}  # off: see IGPOConfig's help text
 
 
 def test_config_validates_values():

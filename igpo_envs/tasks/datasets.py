@@ -1,4 +1,4 @@
-"""Question loaders: FlashRAG jsonl and Search-R1 / verl parquet, plus the IGPO paper's shipped eval splits.
+"""Question loaders: FlashRAG jsonl and Search-R1 / verl parquet (the paper's shipped splits are in `tasks.paper`).
 
 Every loader returns ``list[QAItem]``. A malformed row raises ``ValueError`` naming the file, the row (1-based line
 for jsonl, 0-based row for parquet) and the field, never a bare ``KeyError`` or a silently empty list.
@@ -17,18 +17,6 @@ from igpo_envs.types import QAItem
 
 #: Separator of answer aliases in the verl / IGPO parquet ``reward_model.ground_truth`` string.
 ANSWER_SPLIT = "<|answer_split|>"
-
-#: The paper's seven datasets: env id suffix -> ``data_source`` value in the shipped parquet files.
-PAPER_DATASETS = {
-    "NQ": "nq",
-    "TriviaQA": "tq",
-    "PopQA": "popqa",
-    "HotpotQA": "hotpotqa",
-    "2Wiki": "2wiki",
-    "Musique": "musique",
-    "Bamboogle": "Bamboogle",
-}
-PAPER_SPLITS = ("dev", "test")
 
 
 def data_path(name: str) -> Path:
@@ -160,7 +148,8 @@ def _question_from_prompt(prompt: Any, path: Path | str, where: str) -> str:
         try:
             messages = list(prompt)
         except TypeError:
-            raise _row_error(path, where, "prompt", f"expected a list of chat messages, got {type(prompt).__name__}")
+            raise _row_error(path, where, "prompt",
+                             f"expected a list of chat messages, got {type(prompt).__name__}") from None
         users = [m for m in messages if isinstance(m, Mapping) and m.get("role") == "user"]
         if not users:
             raise _row_error(path, where, "prompt", "no message with role 'user'")
@@ -228,7 +217,8 @@ def load_verl_parquet(path: str | Path, data_source: str | None = None) -> list[
                 raise _row_error(path, where, "reward_model.ground_truth", "missing")
             answers = _as_answers(reward_model["ground_truth"], path, where, "reward_model.ground_truth")
         extra = row.get("extra_info") if isinstance(row.get("extra_info"), Mapping) else {}
-        items.append(QAItem(id=_verl_id(row, extra, source, path, index), question=question, golden_answers=answers, data_source=source,
+        items.append(QAItem(id=_verl_id(row, extra, source, path, index), question=question, golden_answers=answers,
+                            data_source=source,
                             metadata={"row": index}))
     if not items:
         detail = f" with data_source={data_source!r} (sources present: {sorted(sources)})" if data_source else ""
@@ -271,23 +261,3 @@ def load_questions(questions: str | Path | Sequence[QAItem], data_source: str | 
             raise ValueError(f"{origin}: no questions found with data_source={data_source!r} "
                              f"(sources present: {sources})")
     return items
-
-
-def load_paper_split(data_source: str, split: str = "test") -> list[QAItem]:
-    """One of the paper's seven datasets from the shipped IGPO eval parquet (``split="test"`` or ``"dev"``)."""
-    if split not in PAPER_SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {PAPER_SPLITS}")
-    if data_source not in PAPER_DATASETS.values():
-        raise ValueError(f"unknown data_source {data_source!r}; expected one of {sorted(PAPER_DATASETS.values())}")
-    return load_verl_parquet(data_path(f"igpo_eval/{split}.parquet"), data_source=data_source)
-
-
-def make_paper_env(data_source: str, split: str = "test", **kwargs: Any):
-    """Entry point of ``igpo/NQ-v0`` ... ``igpo/Bamboogle-v0``: a `SearchQAEnv` over a shipped paper split.
-
-    There is no corpus offline (the paper searched the web): pass ``corpus=``, ``retriever_url=`` or ``retriever=``.
-    """
-    from igpo_envs.env import SearchQAEnv
-
-    questions = kwargs.pop("questions", None)  # `None` only: an empty list is an error, not "use the shipped split"
-    return SearchQAEnv(questions=load_paper_split(data_source, split) if questions is None else questions, **kwargs)

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from igpo_envs.env import SearchQAEnv
 from igpo_envs.tasks.datasets import data_path, read_lines
 from igpo_envs.types import Passage, QAItem
 
@@ -94,8 +95,6 @@ def default_retriever():
 
 def make_hotpotqa_distractor_env(**kwargs: Any):
     """Entry point of ``igpo/HotpotQA-Distractor-v0``. Any `SearchQAEnv` argument may be overridden."""
-    from igpo_envs.env import SearchQAEnv
-
     items, _ = _shipped()
     kwargs.setdefault("questions", items)
     if not any(kwargs.get(k) is not None for k in ("retriever", "corpus", "retriever_url")):
