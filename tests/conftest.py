@@ -123,3 +123,11 @@ def real_vocab_model_dir(real_tokenizer, tmp_path_factory):
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_vocab_agent(real_vocab_model_dir):
+    """`HFAgent` on `real_vocab_model_dir` with the igpo-train transcript (loaded once per real tokenizer)."""
+    from igpo_envs.agents.llm import HFAgent
+
+    return HFAgent(str(real_vocab_model_dir), transcript="inline", max_new_tokens=64)

@@ -110,17 +110,16 @@ def stop_cases(tok):
     ]
 
 
-def test_turn_generation_stops_right_after_the_closing_tag(real_tokenizer, real_vocab_model_dir):
+def test_turn_generation_stops_right_after_the_closing_tag(real_tokenizer, real_vocab_model_dir, real_vocab_agent):
     """The rollout's HF backend and HFAgent both end a turn at the token that completes its closing tag, in a batch
     where rows stop at different steps (the shorter row's padding is not part of its turn)."""
     import transformers
 
-    from igpo_envs.agents.llm import HFAgent
     from igpo_trainer.rollout import STOP_STRINGS, HFTurnGenerator
 
     tok = real_tokenizer
     model = transformers.AutoModelForCausalLM.from_pretrained(real_vocab_model_dir).eval()
-    agent = HFAgent(str(real_vocab_model_dir), max_new_tokens=64)
+    agent = real_vocab_agent
     filler = turn_ids(tok, " x")[0]
     context = turn_ids(tok, "Question: where was the discoverer of Quenn born?\n")
     config = transformers.GenerationConfig(do_sample=False, eos_token_id=tok.eos_token_id,
@@ -132,18 +131,20 @@ def test_turn_generation_stops_right_after_the_closing_tag(real_tokenizer, real_
         cut = next(n + 1 for n, e in enumerate(ends) if e >= len(turn.rstrip("\n")))
         expected = full[:cut]
         short = turn_ids(tok, "<search> Quenn </search>") + turn_ids(tok, " never read")
-        writer = ForcedWriter(model, [full, short], filler)
+        ForcedWriter(model, [full, short], filler)
         generate = HFTurnGenerator(model, tok, config, STOP_STRINGS[protocol], [tok.eos_token_id])
         (got, _), (got_short, _) = generate([context, context], 48)
         assert got == expected, (protocol, tok.convert_ids_to_tokens(got), tok.convert_ids_to_tokens(expected))
         if protocol == "tag":
             assert got_short == turn_ids(tok, "<search> Quenn </search>")
-        model.forward = writer.forward
+        del model.forward
 
         ForcedWriter(agent.model, [full], filler)
-        text = agent.act("", {"messages": [{"role": "user", "content": "Question: where?"}]})
+        try:
+            text = agent.act("", {"messages": [{"role": "user", "content": "Question: where?"}]})
+        finally:
+            del agent.model.forward  # the model's own method again (the agent is shared)
         assert text == tok.decode(expected, skip_special_tokens=True)
-        agent.model.forward = agent.model.__class__.forward.__get__(agent.model)
 
 
 def test_stop_strings_of_the_protocols(real_tokenizer):

@@ -56,13 +56,6 @@ def make_env(toy_items, toy_retriever, protocol):
     return SearchQAEnv(questions=toy_items, retriever=toy_retriever, max_turns=4, protocol=protocol)
 
 
-@pytest.fixture(scope="module")
-def inline_agent(real_vocab_model_dir):
-    from igpo_envs.agents.llm import HFAgent
-
-    return HFAgent(str(real_vocab_model_dir), transcript="inline", max_new_tokens=64)
-
-
 def play_rollout(tokenizer, env, actions):
     from igpo_trainer.rollout import run_episodes
 
@@ -82,17 +75,21 @@ def play_agent(agent, env, actions):
         return torch.cat([input_ids, torch.tensor([turn])], dim=1)
 
     agent.model.generate = fake_generate
-    observation, info = env.reset(options={"question_index": 1})
-    done = False
-    while not done:
-        texts.append(agent.act(observation, info))
-        observation, _, terminated, truncated, info = env.step(texts[-1])
-        done = terminated or truncated
+    try:
+        observation, info = env.reset(options={"question_index": 1})
+        done = False
+        while not done:
+            texts.append(agent.act(observation, info))
+            observation, _, terminated, truncated, info = env.step(texts[-1])
+            done = terminated or truncated
+    finally:
+        del agent.model.generate  # the model's own method again (the agent is shared)
     return fed, texts, info
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_training_and_evaluation_feed_the_same_ids(real_tokenizer, inline_agent, toy_items, toy_retriever, protocol):
+def test_training_and_evaluation_feed_the_same_ids(real_tokenizer, real_vocab_agent, toy_items, toy_retriever,
+                                                  protocol):
     from igpo_trainer.demo import PolicyAgent
     from igpo_trainer.warmstart import render_trajectory
 
@@ -101,7 +98,7 @@ def test_training_and_evaluation_feed_the_same_ids(real_tokenizer, inline_agent,
     episode, rollout_contexts = play_rollout(tok, make_env(toy_items, toy_retriever, protocol), actions)
     assert episode.num_searches == 2 and episode.f1 == 1.0
 
-    agent = inline_agent
+    agent = real_vocab_agent
     assert agent.tokenizer("<search> x </search>\n")["input_ids"] == tok("<search> x </search>\n")["input_ids"]
     fed, texts, info = play_agent(agent, make_env(toy_items, toy_retriever, protocol), actions)
     assert texts == actions  # the agent returns the whole last token of a turn, as the rollout records it
