@@ -5,8 +5,8 @@ A question with gold evidence (``QAItem.gold_titles``, as in ``igpo/HotpotQA-Dis
 with the gold answer. `play_oracle` plays that plan in the real env, in the env's own protocol (``<search>`` tags or
 JSON tool calls), so the observations are the retriever's real passages and the searches really retrieve what they
 retrieve; `oracle_demonstrations` turns the played episodes into SFT rows rendered exactly as `igpo-train` rollouts
-are (see `render_trajectory`): the chat-templated prompt, each policy turn as its own tokens, each observation spliced
-in with the trainer's rendering. ``completion_mask`` is 1 on the policy's turns (and the EOS after the answer) and 0
+are, through `igpo_envs.transcript` (see `render_trajectory`): the chat-templated prompt, each policy turn as its own
+tokens, each observation spliced in as the trainer splices it. ``completion_mask`` is 1 on the policy's turns (and the EOS after the answer) and 0
 on the prompt and the observations, which is what TRL's SFTTrainer trains on with ``completion_only_loss=True``.
 
 `igpo_trainer.warmstart_cli` (``igpo-warmstart``) runs the SFT on these rows for any causal LM.
@@ -60,10 +60,13 @@ def play_oracle(env, index: int) -> tuple[str, list[tuple[str, str | None]], dic
 
 
 def render_trajectory(tokenizer, prompt: str, turns: Sequence[tuple[str, str | None]]) -> dict[str, list[int]]:
-    """Token ids and loss mask of one played trajectory, as an `igpo-train` rollout lays it out."""
-    from igpo_trainer.warmstart import render_trajectory as render
+    """Token ids and loss mask of one played trajectory through the one transcript rendering
+    (`igpo_envs.transcript.render_turns`, which `igpo-train` rollouts, belief scoring and `HFAgent` share), closed
+    with the EOS the policy should learn to write after its answer."""
+    from igpo_envs.transcript import render_turns
 
-    return render(tokenizer, prompt, turns)
+    transcript = render_turns(tokenizer, prompt, turns)
+    return {"input_ids": transcript.ids + [tokenizer.eos_token_id], "completion_mask": transcript.agent_mask + [1]}
 
 
 def oracle_demonstrations(env, tokenizer, indices: Sequence[int], num: int | None = None, *,
