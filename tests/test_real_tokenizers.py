@@ -160,3 +160,29 @@ def test_stop_strings_of_the_protocols(real_tokenizer):
         assert criterion.stop_strings == stops and kwargs["eos_token_id"] == [tok.eos_token_id]
         assert stopping_kwargs(tok, stops, [tok.eos_token_id])["stopping_criteria"][0] is criterion  # built once
     assert len(turn_ids(tok, "</answer>")) > 1
+
+
+def test_smollm2_believes_the_probe_it_would_write(smollm2_path):
+    """On the real SmolLM2-135M-Instruct, after evidence that states the answer, the answer's tokens as the model
+    writes them ('ĠParis') are far likelier than the split tokens the old probe scored ('Ġ' then 'Paris')."""
+    import torch
+    import transformers
+
+    from igpo_envs.information_gain import InformationGainScorer, answer_logprobs, tokenize_history
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(smollm2_path))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_path), dtype=torch.float32).eval()
+    messages = [
+        {"role": "user", "content": "Answer inside <answer> </answer>.\nQuestion: What is the capital of France?\n"},
+        {"role": "assistant", "content": "<search> capital of France </search>"},
+        {"role": "user", "content": "<information>\nDoc 1 (Title: Paris) Paris is the capital of France.\n"
+                                    "</information>"},
+    ]
+    scorer = InformationGainScorer(model, tok, protocol="tag", probe_style="answer")
+    fixed = scorer.current_belief(messages, "Paris")
+    ids, bounds = tokenize_history(tok, messages)
+    parts = [turn_ids(tok, p) for p in answer_probe("Paris", "tag", "answer")]
+    split_probe = parts[0] + parts[1] + parts[2]
+    split_mask = [False] * len(parts[0]) + [True] * len(parts[1]) + [False] * len(parts[2])
+    split = answer_logprobs(model, ids, bounds[-1:], split_probe, split_mask).item()
+    assert fixed > split + 2.0, (fixed, split)  # nats
