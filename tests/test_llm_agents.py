@@ -131,6 +131,12 @@ def test_hf_agent_inline_transcript_is_the_training_layout(tiny_agent_model):
     assert agent.prompt("", first) == HFAgent(tiny_agent_model, transcript="chat").prompt("", first)  # same start
     with pytest.raises(ValueError, match="transcript must be one of"):
         HFAgent(tiny_agent_model, transcript="threaded")
+    with pytest.raises(ValueError, match="force_think needs transcript='inline'"):
+        HFAgent(tiny_agent_model, force_think=True)
+    forced = HFAgent(tiny_agent_model, transcript="inline", force_think=True)
+    assert forced.prompt("", second) == prompt + "<think>"
+    assert forced.context_ids("", second)[-len(forced.tokenizer("<think>")["input_ids"]):] == (
+        forced.tokenizer("<think>", add_special_tokens=False)["input_ids"])
 
 
 def test_hf_agent_sampling_and_errors(tiny_agent_model, tmp_path):

@@ -56,12 +56,13 @@ def make_env(toy_items, toy_retriever, protocol):
     return SearchQAEnv(questions=toy_items, retriever=toy_retriever, max_turns=4, protocol=protocol)
 
 
-def play_rollout(tokenizer, env, actions):
+def play_rollout(tokenizer, env, actions, **options):
     from igpo_trainer.rollout import run_episodes
 
     generate = ScriptedTurns(tokenizer, actions)
     (episode,) = run_episodes([env], [1], generate, tokenizer=tokenizer, step_batch=step_batch, max_turns=4,
-                              max_turn_length=64, max_completion_length=4096, eos_token_id=tokenizer.eos_token_id)
+                              max_turn_length=64, max_completion_length=4096, eos_token_id=tokenizer.eos_token_id,
+                              **options)
     return episode, [c[0] for c in generate.contexts]
 
 
@@ -158,3 +159,37 @@ def test_errors_name_the_problem(real_tokenizer):
         render_turns(real_tokenizer, "q", [("only one",)])
     with pytest.raises(ValueError, match="no messages"):
         prompt_ids(real_tokenizer, [])
+
+
+def forced_think_actions(protocol: str) -> list[str]:
+    """What the policy generates after the rollout's forced ``<think>``: the rest of each turn."""
+    search = ("<search> {} </search>" if protocol == "tag"
+              else '<tool_call>{{"name": "search", "arguments": {{"query": "{}"}}}}</tool_call>')
+    return ["\nWho found Quenn?\n</think>\n" + search.format("Quenn star discoverer"),
+            " where was she born? </think>" + search.format("Ada Lindqvist") + "\n",
+            "\nenough\n</think>\n<answer> Uppsala </answer>"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_forced_think_rollouts_and_evaluation_feed_the_same_ids(real_tokenizer, real_vocab_agent, toy_items,
+                                                                 toy_retriever, protocol):
+    """With ``force_think`` the rollout writes ``<think>``'s ids before every turn; HFAgent(force_think=True) feeds
+    the same ids, and the transcript of the env's messages rebuilds them with ``turn_opening``."""
+    from igpo_envs.protocol import THINK_OPEN
+
+    tok = real_tokenizer
+    actions = forced_think_actions(protocol)
+    episode, rollout_contexts = play_rollout(tok, make_env(toy_items, toy_retriever, protocol), actions,
+                                             force_think=True)
+    assert episode.num_searches == 2 and episode.f1 == 1.0
+    agent = real_vocab_agent
+    agent.turn_opening = THINK_OPEN
+    try:
+        fed, texts, info = play_agent(agent, make_env(toy_items, toy_retriever, protocol), actions)
+    finally:
+        agent.turn_opening = ""
+    assert texts == [THINK_OPEN + a for a in actions]
+    assert fed == rollout_contexts
+    transcript = render_messages(tok, info["messages"], turn_opening=THINK_OPEN)
+    assert transcript.ids + [tok.eos_token_id] == episode.context
+    assert transcript.boundaries == episode.belief_boundaries

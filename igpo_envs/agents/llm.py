@@ -24,7 +24,8 @@ import requests
 
 from igpo_envs.agents.base import register_agent
 from igpo_envs.hf_tokenizer import generated_turn, load_tokenizer, stopping_kwargs
-from igpo_envs.transcript import render_messages, transcript_text
+from igpo_envs.protocol import THINK_OPEN
+from igpo_envs.transcript import render_messages, transcript_text, turn_ids
 
 #: Closing tags that end a turn's action, in both protocols. OpenAI-style APIs accept at most four stop sequences.
 ACTION_STOPS = ("</search>", "</answer>", "</tool_call>", "</browse>")
@@ -80,6 +81,8 @@ class HFAgent:
             instruct models). ``"inline"``: the layout ``igpo-train`` rollouts use (the chat-templated prompt, then
             the agent's turns and the observations as one running assistant message, every piece tokenised on its
             own: `igpo_envs.transcript`) — use it for models trained with igpo; it feeds the same token ids.
+        force_think: write ``<think>`` at the start of every turn before the model generates, as ``igpo-train``
+            rollouts do with ``force_think: true`` (the returned turn text starts with it; ``"inline"`` only).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class HFAgent:
         seed: int | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
         transcript: str = "chat",
+        force_think: bool = False,
     ):
         import torch
         from transformers import AutoModelForCausalLM
@@ -103,6 +107,9 @@ class HFAgent:
         if transcript not in TRANSCRIPTS:
             raise ValueError(f"transcript must be one of {TRANSCRIPTS}, got {transcript!r}")
         self.transcript = transcript
+        if force_think and transcript != "inline":
+            raise ValueError("force_think needs transcript='inline' (the igpo-train layout it comes from)")
+        self.turn_opening = THINK_OPEN if force_think else ""
         if max_new_tokens < 1 or batch_size < 1 or temperature < 0:
             raise ValueError("max_new_tokens and batch_size must be >= 1 and temperature >= 0")
         self.model_path = str(model_path)
@@ -127,7 +134,7 @@ class HFAgent:
         """The prompt for the next turn as text (see ``transcript``; the model is fed `context_ids`)."""
         messages = _messages(observation, info, "HFAgent")
         if self.transcript == "inline":
-            return transcript_text(self.tokenizer, messages, **self.chat_template_kwargs)
+            return transcript_text(self.tokenizer, messages, **self.chat_template_kwargs) + self.turn_opening
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
@@ -138,7 +145,10 @@ class HFAgent:
         template over the messages."""
         messages = _messages(observation, info, "HFAgent")
         if self.transcript == "inline":
-            return render_messages(self.tokenizer, messages, **self.chat_template_kwargs).ids
+            opening = turn_ids(self.tokenizer, self.turn_opening) if self.turn_opening else []
+            rendered = render_messages(self.tokenizer, messages, turn_opening=self.turn_opening,
+                                       **self.chat_template_kwargs)
+            return rendered.ids + opening
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
         )
@@ -184,7 +194,7 @@ class HFAgent:
             )
         rows = generated[:, width:].cpu().tolist()
         turns = [generated_turn(self.tokenizer, row, self.stop, eos, pad) for row in rows]
-        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in turns]
+        return [self.turn_opening + self.tokenizer.decode(ids, skip_special_tokens=True) for ids in turns]
 
 
 class OpenAIChatAgent:
@@ -322,6 +332,9 @@ def add_agent_arguments(parser) -> None:
     group.add_argument("--device", default=None, help="torch device for hf:<model> (default cpu)")
     group.add_argument("--transcript", default=None, choices=TRANSCRIPTS,
                        help="hf:<model>: 'chat' (a message per turn, default) or 'inline' (the igpo-train layout)")
+    group.add_argument("--force-think", action="store_true", default=None,
+                       help="hf:<model> with --transcript inline: write <think> at the start of every turn, as "
+                            "igpo-train does with force_think: true")
     group.add_argument("--concurrency", type=int, default=None,
                        help="parallel requests of openai:<model> (default 4)")
 
@@ -334,6 +347,7 @@ def agent_kwargs(spec: str, args) -> dict[str, Any]:
     if name == "hf":
         return _drop_unset({**common, "device": getattr(args, "device", None),
                             "transcript": getattr(args, "transcript", None),
+                            "force_think": getattr(args, "force_think", None),
                             "batch_size": getattr(args, "batch_size", None)})
     if name == "openai":
         return _drop_unset({**common, "base_url": getattr(args, "base_url", None),
