@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import math
 import multiprocessing
-import numbers
 import re
 import warnings
 from collections import Counter
@@ -20,6 +18,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 from gymnasium.vector.utils import create_shared_memory, read_from_shared_memory, write_to_shared_memory
 
+from igpo_envs.arguments import finite_number, integer
 from igpo_envs.metrics import exact_match, f1_score
 from igpo_envs.protocol import (
     MAX_ACTION_CHARS,
@@ -153,19 +152,7 @@ def _warn_no_retriever_once() -> None:
         warnings.warn(NO_RETRIEVER_NOTICE, NoRetrieverWarning, stacklevel=3)
 
 
-def _integer(name: str, value: Any, minimum: int | None = None) -> int:
-    """``value`` if it is an integer (not a bool, not a float such as 1.9 that ``int()`` would silently floor)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _finite_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+_integer = integer  # the old private name, still imported by tasks/synthetic.py (use igpo_envs.arguments.integer)
 
 
 def _query_key(query: str) -> str:
@@ -292,8 +279,8 @@ class SearchQAEnv(gym.Env[str, str]):
                              f"expected one of {OBSERVATION_LAYOUTS}")
         if isinstance(tools, str) or not tools or set(tools) - set(TOOLS):
             raise ValueError(f"tools must be a non-empty sequence of names from {TOOLS}, got {tools!r}")
-        topk, max_turns = _integer("topk", topk, 1), _integer("max_turns", max_turns, 1)
-        format_penalty = _finite_number("format_penalty", format_penalty)
+        topk, max_turns = integer("topk", topk, 1), integer("max_turns", max_turns, 1)
+        format_penalty = finite_number("format_penalty", format_penalty)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unknown render_mode {render_mode!r}; expected one of {self.metadata['render_modes']}")
         render_prompt("", protocol, prompt_template)  # validates the template early
@@ -312,7 +299,7 @@ class SearchQAEnv(gym.Env[str, str]):
         self.format_penalty = format_penalty
         self.observation_layout = observation_layout
         self.no_answer_reward = (self.format_penalty if no_answer_reward is None
-                                 else _finite_number("no_answer_reward", no_answer_reward))
+                                 else finite_number("no_answer_reward", no_answer_reward))
         self.reward_metric = reward_metric
         self.prompt_template = prompt_template
         self.tools = tuple(tools)
@@ -367,7 +354,7 @@ class SearchQAEnv(gym.Env[str, str]):
         if seed is not None or self._order is None:  # a seed fixes the question order from here on
             self._shuffle()
         if options.get("question_index") is not None:
-            index = _integer("options['question_index']", options["question_index"])
+            index = integer("options['question_index']", options["question_index"])
             if not 0 <= index < len(self.items):
                 raise ValueError(f"question_index {index} out of range [0, {len(self.items)})")
         elif options.get("question_id") is not None:

@@ -14,7 +14,8 @@ from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from igpo_envs.env import SearchQAEnv, _integer, step_batch
+from igpo_envs.arguments import integer
+from igpo_envs.env import SearchQAEnv, step_batch
 
 
 def _per_env(value: Any, num_envs: int, name: str) -> list[Any]:
@@ -29,7 +30,9 @@ def _per_env(value: Any, num_envs: int, name: str) -> list[Any]:
 class SearchQAVectorEnv(VectorEnv):
     """
     ``num_envs`` `SearchQAEnv` sub-envs stepped together: every step parses all actions, then issues one batched
-    ``retriever.search`` for all searching sub-envs (see `igpo_envs.env.step_batch`).
+    ``retriever.search`` for all searching sub-envs (`igpo_envs.env.step_batch`). This is how everything that plays
+    many episodes steps them: `igpo_envs.evaluation.evaluate`, the trainer's rollouts and its diagnostics.
+    `from_envs` wraps sub-envs that already exist.
 
     Observations are a tuple of strings (as `SyncVectorEnv` gives for `spaces.Text`); rewards, terminations and
     truncations are numpy arrays; infos are batched the Gymnasium way (``info[key]`` arrays with ``info["_key"]``
@@ -65,14 +68,31 @@ class SearchQAVectorEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         **env_kwargs: Any,
     ):
-        num_envs = _integer("num_envs", num_envs, 1)
+        num_envs = integer("num_envs", num_envs, 1)
         if isinstance(env_fn, str):
             env_fn = load_env_creator(env_fn)
         first = env_fn(**env_kwargs)
         if not isinstance(first.unwrapped, SearchQAEnv):
             raise TypeError(f"env_fn must build a SearchQAEnv, got {type(first)}")
-        self.envs: list[SearchQAEnv] = [first.unwrapped] + [first.unwrapped.spawn() for _ in range(num_envs - 1)]
-        self.num_envs = num_envs
+        self._setup([first.unwrapped] + [first.unwrapped.spawn() for _ in range(num_envs - 1)], autoreset_mode)
+
+    @classmethod
+    def from_envs(cls, envs: Sequence[SearchQAEnv],
+                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP) -> SearchQAVectorEnv:
+        """A vector env over existing sub-envs (unwrapped `SearchQAEnv` instances, e.g. `SearchQAEnv.spawn`
+        siblings), stepped together; searches are batched per shared retriever."""
+        envs = [env.unwrapped for env in envs]
+        if not envs or not all(isinstance(env, SearchQAEnv) for env in envs):
+            kinds = [type(env).__name__ for env in envs]
+            raise TypeError(f"from_envs needs one or more SearchQAEnv instances, got {kinds}")
+        vector_env = cls.__new__(cls)
+        vector_env._setup(envs, autoreset_mode)
+        return vector_env
+
+    def _setup(self, envs: list[SearchQAEnv], autoreset_mode: AutoresetMode | str) -> None:
+        first = envs[0]
+        self.envs = envs
+        self.num_envs = len(envs)
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.render_mode = first.render_mode
@@ -109,7 +129,7 @@ class SearchQAVectorEnv(VectorEnv):
         else:
             if not isinstance(seed, (Sequence, np.ndarray)) or isinstance(seed, str):
                 raise TypeError(f"seed must be an integer, None or one per sub-env, got {seed!r}")
-            seeds = [None if s is None else _integer("seed", s) for s in seed]
+            seeds = [None if s is None else integer("seed", s) for s in seed]
             if len(seeds) != self.num_envs:
                 raise ValueError(f"got {len(seeds)} seeds for num_envs={self.num_envs}")
         mask = options.pop("reset_mask", None)

@@ -437,6 +437,53 @@ def test_seeded_pinned_reset_fixes_the_following_order(toy_env):
     assert SearchQAEnv([ITEM for ITEM in toy_env.items]).item is None
 
 
+def test_vector_from_envs_steps_existing_envs_together(toy_items, toy_retriever):
+    envs = [SearchQAEnv(toy_items, retriever=toy_retriever)]
+    envs += [envs[0].spawn() for _ in range(2)]
+    venv = SearchQAVectorEnv.from_envs(envs, autoreset_mode="Disabled")
+    assert venv.envs == envs and venv.num_envs == 3
+    venv.reset(options={"question_index": [0, 1, 0]})
+    obs, rewards, terminated, _, _ = venv.step(["<search> Zorblat </search>", "<answer> Uppsala </answer>",
+                                                "<search> Quenn </search>"])
+    assert toy_retriever.calls == [["Zorblat", "Quenn"]]  # one batched search for both searching sub-envs
+    assert terminated.tolist() == [False, True, False] and rewards[1] == 1.0 and "Zorblat" in obs[0]
+    assert envs[1].item.id == "q1" and venv.last_infos[1]["prediction"] == "Uppsala"
+    with pytest.raises(TypeError, match="SearchQAEnv"):
+        SearchQAVectorEnv.from_envs([])
+    with pytest.raises(TypeError, match="SearchQAEnv"):
+        SearchQAVectorEnv.from_envs([gym.make("CartPole-v1")])
+
+
+def test_vector_infos_match_gymnasiums_layout(toy_items, toy_retriever):
+    """The column-wise batching gives what Gymnasium's own `VectorEnv._add_info` gives, sub-env by sub-env, also when
+    only some sub-envs report (a NEXT_STEP reset returns a reset info without the step keys)."""
+    from gymnasium.vector import VectorEnv
+
+    venv = SearchQAVectorEnv(3, questions=toy_items[:2], retriever=toy_retriever)
+    venv.reset(options={"question_index": [0, 1, 0]})
+    venv.step(["<answer> x </answer>", "<search> Quenn </search>", "<search> Zorblat </search>"])
+    _, _, _, _, info = venv.step(["<search> a </search>", "<search> Quenn </search>", "<answer> Zorblat </answer>"])
+    expected: dict = {}
+    for i, sub_info in enumerate(venv.last_infos):
+        expected = VectorEnv._add_info(venv, expected, sub_info, i)
+    assert info.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            for inner, column in value.items():
+                assert info[key][inner].tolist() == column.tolist(), (key, inner)
+        else:
+            assert info[key].tolist() == value.tolist(), key
+    assert info["_action"].tolist() == [False, True, True]  # sub-env 0 was reset: no action
+
+
+def test_step_infos_are_snapshots(toy_env):
+    _, info0 = toy_env.reset(options={"question_index": 0})
+    _, _, _, _, info1 = toy_env.step("<search> Zorblat </search>")
+    toy_env.step("<search> Quenn </search>")
+    assert len(info0["messages"]) == 1 and len(info1["messages"]) == 3 and info1["queries"] == ["Zorblat"]
+    assert info1["retrieved_ids"] == info1["retrieved_ids"][:3]
+
+
 def test_vector_infos_mix_known_and_unknown_gold(toy_items, toy_retriever):
     """q0 has gold passages, q2 has none: gold_recall is a float for one sub-env and None for the other."""
     venv = SearchQAVectorEnv(2, questions=toy_items, retriever=toy_retriever)
