@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
-from igpo_envs.hf_tokenizer import generated_turn, stop_token_ids, stopping_kwargs
+from igpo_envs.hf_tokenizer import generated_turn, stopping_kwargs
 from igpo_envs.transcript import observation_ids, prompt_ids
 from igpo_envs.protocol import THINK_OPEN, observation_text  # noqa: F401  (re-exported: the trainer's rendering)
 from igpo_trainer.advantages import finite_turn_advantages
@@ -96,7 +96,9 @@ class HFTurnGenerator:
 
     ``generation_config`` carries the sampling settings (temperature, top_k, top_p, ...; TRL builds it from the
     GRPOConfig, so HF's top_k=50 default is not silently applied). The KV cache serves the tokens of one turn; each
-    turn re-reads its context (prompt, earlier turns, observations) in one prefill.
+    turn re-reads its context (prompt, earlier turns, observations) in one prefill. A turn ends at the token that
+    completes a closing tag, also where a real vocabulary spells the tag as several tokens or ends it inside a longer
+    one (`igpo_envs.hf_tokenizer.stopping_kwargs`, `generated_turn`).
     """
 
     def __init__(self, model, tokenizer, generation_config, stop_strings: Sequence[str], eos_token_ids: Sequence[int]):
@@ -105,7 +107,6 @@ class HFTurnGenerator:
         self.stop_strings = list(stop_strings)
         self.eos_token_ids = set(eos_token_ids)
         self.pad_token_id = tokenizer.pad_token_id
-        self.stop_token_ids = stop_token_ids(tokenizer, self.stop_strings)  # atomic closing tags stop by id
 
     @torch.no_grad()
     def __call__(self, contexts, max_new_tokens):
