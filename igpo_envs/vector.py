@@ -6,7 +6,9 @@ Registered (by string path, so ``EnvSpec.to_json()`` works) as the ``vector_entr
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,104 @@ from gymnasium.vector.utils import batch_space
 
 from igpo_envs.arguments import integer
 from igpo_envs.env import SearchQAEnv, step_batch
+
+
+class BatchedInfo(dict):
+    """The batched info dict of one vector step, built on first use.
+
+    Building Gymnasium's batched layout costs several microseconds per sub-env per step, and most callers that play
+    many episodes (`igpo_envs.evaluation.evaluate`, the trainer) read `SearchQAVectorEnv.last_infos` instead. So the
+    columns are built the first time the dict is read, from the per-sub-env infos of its own step; after that it is
+    a plain dict in every respect."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]]):
+        super().__init__()
+        self._build: Callable[[], dict[str, Any]] | None = build
+
+    def _filled(self) -> BatchedInfo:
+        if self._build is not None:
+            build, self._build = self._build, None
+            dict.update(self, build())
+        return self
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self._filled(), key)
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self._filled(), key, value)
+
+    def __delitem__(self, key):
+        dict.__delitem__(self._filled(), key)
+
+    def __contains__(self, key):
+        return dict.__contains__(self._filled(), key)
+
+    def __iter__(self):
+        return dict.__iter__(self._filled())
+
+    def __len__(self):
+        return dict.__len__(self._filled())
+
+    def __eq__(self, other):
+        return dict.__eq__(self._filled(), other)
+
+    def __ne__(self, other):
+        return dict.__ne__(self._filled(), other)
+
+    def __repr__(self):
+        return dict.__repr__(self._filled())
+
+    def __or__(self, other):
+        return dict(self) | other
+
+    def __ror__(self, other):
+        return other | dict(self)
+
+    def __ior__(self, other):
+        dict.update(self._filled(), other)
+        return self
+
+    def __reduce__(self):
+        return dict, (dict(self.items()),)
+
+    def __copy__(self):
+        return dict(self.items())
+
+    def __deepcopy__(self, memo):
+        return copy.deepcopy(dict(self.items()), memo)
+
+    def keys(self):
+        return dict.keys(self._filled())
+
+    def values(self):
+        return dict.values(self._filled())
+
+    def items(self):
+        return dict.items(self._filled())
+
+    def get(self, key, default=None):
+        return dict.get(self._filled(), key, default)
+
+    def copy(self):
+        return dict(self.items())
+
+    def pop(self, *args):
+        return dict.pop(self._filled(), *args)
+
+    def popitem(self):
+        return dict.popitem(self._filled())
+
+    def setdefault(self, key, default=None):
+        return dict.setdefault(self._filled(), key, default)
+
+    def update(self, *args, **kwargs):
+        dict.update(self._filled(), *args, **kwargs)
+
+    def clear(self):
+        self._build = None
+        dict.clear(self)
+
+    __hash__ = None
 
 
 def _per_env(value: Any, num_envs: int, name: str) -> list[Any]:
@@ -36,7 +136,7 @@ class SearchQAVectorEnv(VectorEnv):
 
     Observations are a tuple of strings (as `SyncVectorEnv` gives for `spaces.Text`); rewards, terminations and
     truncations are numpy arrays; infos are batched the Gymnasium way (``info[key]`` arrays with ``info["_key"]``
-    masks).
+    masks), built when first read (`BatchedInfo`); ``last_infos`` holds each sub-env's own latest info.
 
     Reset options (scalars apply to every sub-env, sequences give one value per sub-env):
     ``question_index`` / ``question_id`` pin questions, e.g. ``{"question_index": [i, i, i, i, j, j, j, j]}`` for two
@@ -149,7 +249,7 @@ class SearchQAVectorEnv(VectorEnv):
         self._terminations[mask] = False
         self._truncations[mask] = False
         self._autoreset[mask] = False
-        return tuple(self._obs), self._batch_infos(reset_infos)
+        return tuple(self._obs), BatchedInfo(partial(self._batch_infos, reset_infos))
 
     def step(self, actions: Sequence[str]):
         actions = list(actions)
@@ -190,7 +290,7 @@ class SearchQAVectorEnv(VectorEnv):
         if len(infos) > len(stepping):  # some sub-envs were reset first: back into sub-env order
             infos.sort(key=lambda pair: pair[0])
         return (tuple(self._obs), np.array(rewards, dtype=np.float64), self._terminations.copy(),
-                self._truncations.copy(), self._batch_infos(infos))
+                self._truncations.copy(), BatchedInfo(partial(self._batch_infos, infos)))
 
     def _batch_infos(self, infos: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         """Gymnasium's batched info layout (``info[key]``: one entry per sub-env, ``info["_key"]``: which sub-envs

@@ -476,6 +476,37 @@ def test_vector_infos_match_gymnasiums_layout(toy_items, toy_retriever):
     assert info["_action"].tolist() == [False, True, True]  # sub-env 0 was reset: no action
 
 
+def test_batched_info_is_built_when_read_and_acts_as_a_dict(toy_items, toy_retriever):
+    import copy
+    import pickle
+
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+    from igpo_envs.vector import BatchedInfo
+
+    venv = SearchQAVectorEnv(2, questions=toy_items, retriever=toy_retriever)
+    venv.reset(options={"question_index": [0, 1]})
+    _, _, _, _, first = venv.step(["<search> Zorblat </search>", "<search> Quenn </search>"])
+    assert isinstance(first, BatchedInfo) and first._build is not None  # nothing built yet
+    venv.step(["<answer> Quenn </answer>", "<search> Uppsala </search>"])
+    assert first["turn"].tolist() == [1, 1] and first["_action"].all()
+    assert first["queries"].tolist() == [["Zorblat"], ["Quenn"]]  # its own step's values, read after the next step
+    plain = dict(first)
+    assert plain == first and first == plain and {**first}.keys() == plain.keys() == first.keys()
+    assert list(first) == list(plain) and len(first) == len(plain) and "_turn" in first
+    assert first.get("missing", 7) == 7 and first.copy().keys() == plain.keys()
+    restored = pickle.loads(pickle.dumps(first))
+    assert type(restored) is dict and restored.keys() == plain.keys()
+    assert copy.deepcopy(first)["turn"].tolist() == [1, 1]
+    _, _, _, _, unread = venv.step(["<answer> x </answer>", "<answer> x </answer>"])
+    unread["extra"] = 1  # a write before any read keeps the batched keys
+    assert unread["extra"] == 1 and "turn" in unread
+    stats = RecordEpisodeStatistics(SearchQAVectorEnv(2, questions=toy_items, retriever=toy_retriever))
+    stats.reset(seed=0)
+    *_, info = stats.step(["<answer> x </answer>", "<answer> y </answer>"])
+    assert "episode" in info and info["_episode"].all() and "em" in info
+
+
 def test_step_infos_are_snapshots(toy_env):
     _, info0 = toy_env.reset(options={"question_index": 0})
     _, _, _, _, info1 = toy_env.step("<search> Zorblat </search>")
