@@ -127,8 +127,13 @@ _OUTSIDE_BMP = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
 
 def sanitize_text(text: str) -> str:
     """Replace characters outside the BMP (and lone surrogates) by U+FFFD so the text lies in `text_space`."""
-    if text.isascii() or max(text) < "\ud800":  # fast paths: nearly all text
+    if text.isascii():
         return text
+    try:  # BMP text without surrogates: two UTF-16 bytes per character (a lone surrogate does not encode)
+        if len(text.encode("utf-16-le")) == 2 * len(text):
+            return text
+    except UnicodeEncodeError:
+        pass
     return _OUTSIDE_BMP.sub("\ufffd", text)
 
 
@@ -438,15 +443,19 @@ class SearchQAEnv(gym.Env[str, str]):
         episode = self._episode
         if turn.kind == "search":
             key = _query_key(turn.argument)
-            episode.repeated_queries += key in episode.query_keys
-            episode.query_keys.add(key)
+            if key in episode.query_keys:
+                episode.repeated_queries += 1
+            else:
+                episode.query_keys.add(key)
             episode.queries.append(turn.argument)
             if passages is None:
                 return wrap_result(NO_RETRIEVER_NOTICE, self.protocol, self.observation_layout)
             for p in passages:
                 episode.retrieved_ids[p.id] = None
-                episode.retrieved_titles.add(p.title)
-            episode.gold_recall = self._gold_recall()
+            if episode.item.gold_titles and not episode.item.gold_passage_ids:  # recall by title only then
+                episode.retrieved_titles.update(p.title for p in passages)
+            if episode.gold_recall is not None:
+                episode.gold_recall = self._gold_recall()
             return format_observation(passages, self.protocol, self.observation_layout)
         if self.browser is None:
             return wrap_result(NO_BROWSER_NOTICE, self.protocol, self.observation_layout)

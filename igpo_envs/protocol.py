@@ -204,12 +204,13 @@ def _check_layout(layout: str) -> None:
 def wrap_result(text: str, protocol: str, layout: str = "igpo") -> str:
     """Wrap a tool result (passages, a page, or a notice) in the protocol's result tags: on lines of their own
     (``"igpo"``), or as Search-R1 appends it, tight inside the tags with a blank line either side (``"search-r1"``)."""
-    _check_protocol(protocol)
+    tag = _RESULT_TAGS.get(protocol)
+    if tag is None:
+        _check_protocol(protocol)
+    if layout == "igpo":
+        return f"<{tag}>\n{text.strip()}\n</{tag}>"
     _check_layout(layout)
-    tag = _RESULT_TAGS[protocol]
-    if layout == "search-r1":
-        return f"\n\n<{tag}>{text.strip()}</{tag}>\n\n"
-    return f"<{tag}>\n{text.strip()}\n</{tag}>"
+    return f"\n\n<{tag}>{text.strip()}</{tag}>\n\n"
 
 
 def observation_text(observation: str) -> str:
@@ -228,16 +229,16 @@ def format_passages(passages: Sequence[Passage], layout: str = "igpo") -> str:
     for none. ``"search-r1"``: Search-R1's own rendering, ``Doc i(Title: <first line of contents>) <rest>``, which for
     wiki-18 rows shows the quoted title, ``Doc 1(Title: "Paris") ...``, and nothing at all for no results.
     """
-    _check_layout(layout)
-    if layout == "search-r1":
-        rendered = []
-        for i, passage in enumerate(passages, start=1):
-            title, _, text = passage.contents.partition("\n")
-            rendered.append(f"Doc {i}(Title: {title}) {text}\n")
-        return "".join(rendered)
-    if not passages:
-        return "No results found."
-    return "\n".join(f"Doc {i} (Title: {p.title}) {p.text}" for i, p in enumerate(passages, start=1))
+    if layout == "igpo":
+        if not passages:
+            return "No results found."
+        return "\n".join([f"Doc {i} (Title: {p.title}) {p.text}" for i, p in enumerate(passages, start=1)])
+    _check_layout(layout)  # "search-r1"
+    rendered = []
+    for i, passage in enumerate(passages, start=1):
+        title, _, text = passage.contents.partition("\n")
+        rendered.append(f"Doc {i}(Title: {title}) {text}\n")
+    return "".join(rendered)
 
 
 def format_observation(passages: Sequence[Passage], protocol: str, layout: str = "igpo") -> str:

@@ -174,6 +174,9 @@ def test_non_ascii_observations_stay_in_space(toy_env):
     obs, *_ = toy_env.step("<search> Uppsala university </search>")
     assert "Ångström" in obs and obs in toy_env.observation_space
     assert env_module.sanitize_text("a\U0001F600b") == "a\ufffdb"
+    bmp = "Zürich 中文 Ångström"
+    assert env_module.sanitize_text(bmp) is bmp
+    assert env_module.sanitize_text("é\ud800x\U0001F600") == "é\ufffdx\ufffd"  # lone surrogate and astral
 
 
 def test_constructor_validation(toy_items):
