@@ -68,6 +68,16 @@ def hotpotqa_corpus(tmp: Path) -> tuple[list, Path]:
     return items, path
 
 
+def work_dir(args):
+    """``--cache-dir`` (kept, so parts run one after another share the HotpotQA pool's indexes), else a temp dir."""
+    import contextlib
+
+    if args.cache_dir:
+        Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+        return contextlib.nullcontext(args.cache_dir)
+    return tempfile.TemporaryDirectory()
+
+
 def minilm() -> str:
     from igpo_trainer.offline_models import minilm_dir
 
@@ -85,7 +95,7 @@ def run_recall(args) -> list[dict]:
     from igpo_envs.search import make_retriever
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with work_dir(args) as tmp:
         items, corpus = hotpotqa_corpus(Path(tmp))
         items = [it for it in items if it.gold_passage_ids]
         queries, golds = [it.question for it in items], [it.gold_passage_ids for it in items]
@@ -97,6 +107,8 @@ def run_recall(args) -> list[dict]:
             "hybrid (bm25s + MiniLM, RRF k=60)": dict(retriever="hybrid", model=model),
         }
         for name, options in engines.items():
+            if args.engines and options["retriever"] not in args.engines:
+                continue
             start = time.perf_counter()
             retriever = make_retriever(corpus=corpus, cache_dir=tmp, **options)
             build = time.perf_counter() - start
@@ -270,9 +282,9 @@ def run_env(args) -> list[dict]:
     from igpo_envs.search import make_retriever
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with work_dir(args) as tmp:
         items, corpus = hotpotqa_corpus(Path(tmp))
-        for index_type in ("flat", "hnsw"):
+        for index_type in args.env_index_types:
             retriever = make_retriever(corpus=corpus, retriever="dense", model=minilm(), index_type=index_type,
                                        cache_dir=tmp, num_threads=args.threads)
             envs = gym.make_vec("igpo/HotpotQA-Distractor-v0", num_envs=args.num_envs,
@@ -354,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encode-passages", type=int, default=1024)
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--engines", nargs="+", default=None, help="recall: only these (bm25s tantivy dense hybrid)")
+    parser.add_argument("--env-index-types", nargs="+", default=["flat"], help="env: dense index types to run")
+    parser.add_argument("--cache-dir", default=None, help="keep indexes here (shared by the parts of one run)")
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--index-type", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

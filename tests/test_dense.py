@@ -179,6 +179,40 @@ def test_pickled_retriever_reopens_the_index(retriever):
     assert clone.search(["Genentech lobbyist"], 3) == retriever.search(["Genentech lobbyist"], 3)
 
 
+def _search_in_child(retriever, queries, out):
+    out.put([[p.id for p in h] for h in retriever.search(queries, 3)])
+
+
+def test_a_forked_worker_searches_after_the_parent_used_its_thread_pools(retriever):
+    import multiprocessing
+    import queue
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    try:
+        queries = ["Evan Morris lobbyist"] * 32
+        expected = [[p.id for p in h] for h in retriever.search(queries, 3)]  # starts both OpenMP pools here
+        context = multiprocessing.get_context("fork")  # as gymnasium's AsyncVectorEnv on Linux
+        out = context.Queue()
+        child = context.Process(target=_search_in_child, args=(retriever, queries, out))
+        child.start()
+        try:
+            answer = out.get(timeout=120)  # read before joining: a child exits only once its queue is drained
+        except queue.Empty:
+            pytest.fail("the forked child deadlocked in OpenMP")
+        finally:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+        assert answer == expected
+    finally:
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+
+
 def search_r1_style_index(model_dir: Path, passages: list[Passage], path: Path) -> Path:
     """A FAISS index built the way Search-R1 / FlashRAG build e5_Flat.index: transformers encoder, "passage: " +
     contents, masked mean pooling, L2-normalised, ``index_factory(d, "Flat", METRIC_INNER_PRODUCT)``."""

@@ -99,6 +99,7 @@ def _dense_engine(corpus: Any, index: str | os.PathLike[str] | None, kwargs: dic
     e.g. Search-R1's ``e5_Flat.index``), or ``corpus=`` (a jsonl file or passages) embedded once with ``model=``
     and cached by corpus content, encoder and index options."""
     import hashlib
+    import inspect
 
     from igpo_envs.search.corpus import file_content_hash, iter_passages, passages_content_hash
     from igpo_envs.search.dense import DenseRetriever, build_dense_index, load_encoder
@@ -130,6 +131,9 @@ def _dense_engine(corpus: Any, index: str | os.PathLike[str] | None, kwargs: dic
     build = {k: rest.pop(k) for k in _DENSE_BUILD_KEYS if k in rest}
     if "ef_search" in rest:
         build["ef_search"] = rest["ef_search"]
+    defaults = {k: v.default for k, v in inspect.signature(build_dense_index).parameters.items()
+                if k in (*_DENSE_BUILD_KEYS, "ef_search")}
+    build = {**defaults, **build}  # an option given at its default value names the same cached index
     key = hashlib.sha256(repr((sorted(encoder.identity().items()), sorted(build.items()))).encode()).hexdigest()
     out = cached_index_dir(
         f"dense-{content_hash[:24]}-{key[:8]}",

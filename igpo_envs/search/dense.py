@@ -18,8 +18,8 @@ interface.
   into the current FAISS shard, which is written to disk when it holds ``shard_size`` vectors, so building holds at
   most one shard (3 GB for 1M 768-d vectors) plus one chunk. Flat shards are memory-mapped when opened
   (``faiss.IO_FLAG_MMAP_IFC``): the vectors live once in the page cache, shared by every searcher on the node.
-  HNSW graphs load into memory (their vectors are mapped too). Several shards are searched as one
-  ``faiss.IndexShards``.
+  HNSW graphs load into memory (their vectors are mapped too). Several shards are searched one after the other
+  as one ``faiss.IndexShards``.
 """
 
 from __future__ import annotations
@@ -430,6 +430,42 @@ def import_faiss_index(
 # -- searching -------------------------------------------------------------------------------------------------------
 
 
+_forked = False  # set in a child forked from this process (see _one_thread_if_forked)
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _one_thread_if_forked() -> None:
+    """GNU OpenMP deadlocks in a forked child whose parent had started its thread pool (torch's or FAISS's), e.g. a
+    gymnasium AsyncVectorEnv worker or a multiprocessing fork: such a child encodes and searches on one thread."""
+    global _forked
+    if _forked:
+        import torch
+
+        torch.set_num_threads(1)
+        _faiss().omp_set_num_threads(1)
+        _forked = False
+
+
+def checked_queries(queries: Sequence[str], topk: int) -> list[str]:
+    """``queries`` as a list, after the checks every ``search`` makes (a lone string, ``topk < 1``, a non-string)."""
+    if isinstance(queries, str):
+        raise TypeError("search() takes a sequence of queries; wrap a single query in a list")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    queries = list(queries)
+    bad = next((i for i, q in enumerate(queries) if not isinstance(q, str)), None)
+    if bad is not None:
+        raise TypeError(f"query {bad} must be a str, got {type(queries[bad]).__name__}")
+    return queries
+
+
 class DenseRetriever:
     """Top-k passages by inner product between the query's and the passages' embeddings, from a dense index
     directory (``igpo-index build --engine dense`` or :func:`import_faiss_index`).
@@ -497,7 +533,9 @@ class DenseRetriever:
         if len(self._shards) == 1:
             self.index = self._shards[0]
         else:
-            self.index = faiss.IndexShards(encoder.dim, True, True)  # threaded, shard ids follow one another
+            # Shard ids follow one another. Not threaded: its std::threads would not exist in a forked child
+            # (a deadlock); each shard's search is parallel over the batch through OpenMP anyway.
+            self.index = faiss.IndexShards(encoder.dim, False, True)
             for shard in self._shards:
                 self.index.add_shard(shard)
         if self.index.d != encoder.dim:
@@ -548,16 +586,10 @@ class DenseRetriever:
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
         """Top-``topk`` passages for each query, best first, in the order of ``queries``."""
-        if isinstance(queries, str):
-            raise TypeError("search() takes a sequence of queries; wrap a single query in a list")
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
-        queries = list(queries)
+        queries = checked_queries(queries, topk)
         if not queries:
             return []
-        bad = next((i for i, q in enumerate(queries) if not isinstance(q, str)), None)
-        if bad is not None:
-            raise TypeError(f"query {bad} must be a str, got {type(queries[bad]).__name__}")
+        _one_thread_if_forked()
         scores, rows = self.index.search(self.encoder.encode_queries(queries), min(topk, self.num_passages))
         found = rows >= 0  # HNSW may return fewer than k (-1 rows)
         hits = self.store.take(rows[found], scores[found].tolist())

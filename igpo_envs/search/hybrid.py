@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from igpo_envs.search.base import Retriever
+from igpo_envs.search.dense import checked_queries
 from igpo_envs.types import Passage
 
 __all__ = ["HybridRetriever", "reciprocal_rank_fusion"]
@@ -66,11 +67,7 @@ class HybridRetriever:
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
         """Top-``topk`` passages per query by fused rank, best first; ``score`` is the RRF score."""
-        if isinstance(queries, str):
-            raise TypeError("search() takes a sequence of queries; wrap a single query in a list")
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
-        queries = list(queries)
+        queries = checked_queries(queries, topk)
         depth = self.depth if self.depth is not None else max(topk, 20)
         sparse_hits = self.sparse.search(queries, depth)
         dense_hits = self.dense.search(queries, depth)
