@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=100, help="episodes per env (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the question order and the envs")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON here")
-    parser.add_argument("--env-kwargs", type=json.loads, default={}, metavar="JSON",
+    parser.add_argument("--env-kwargs", "--env_kwargs", type=json.loads, default={}, metavar="JSON",
                         help='extra env arguments as a JSON object, e.g. \'{"split": "dev", "corpus": "c.jsonl"}\'')
     parser.add_argument("--batch-size", type=int, default=64, help="episodes run in parallel (sub-envs)")
     parser.add_argument("--ig-scorer", default=None, metavar="PATH",

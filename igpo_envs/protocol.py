@@ -246,6 +246,9 @@ def format_observation(passages: Sequence[Passage], protocol: str, layout: str =
     return wrap_result(format_passages(passages, layout), protocol, layout)
 
 
+#: The probe styles of `answer_probe`.
+PROBE_STYLES = ("answer", "official")
+
 #: What the official IGPO rollouts write at the start of every assistant turn (`IGPOConfig.force_think`).
 THINK_OPEN = "<think>"
 
@@ -298,4 +301,4 @@ def answer_probe(answer: str, protocol: str = "tag", style: str = "answer") -> t
         return "<answer> ", answer, " </answer>"
     if style == "official":
         return THINK_OPEN + "\nNow there's enough information to answer\n</think>\n<answer>\n", answer, "\n</answer>"
-    raise ValueError(f"unknown probe style {style!r}; expected 'answer' or 'official'")
+    raise ValueError(f"unknown probe style {style!r}; expected one of {PROBE_STYLES}")

@@ -142,6 +142,9 @@ def test_cli_env_kwargs_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--env", "igpo/NQ-v0", "--agent", "random", "--env-kwargs", "{not json"])
     assert main(["--env", "igpo/NQ-v0", "--agent", "random", "--env-kwargs", "[1]"]) == 2
+    # igpo-train's spelling is accepted too
+    assert main(["--env", "igpo/NQ-v0", "--agent", "random", "--env_kwargs", '{"topk": 0}']) == 2
+    assert "topk must be >= 1" in capsys.readouterr().err
 
 
 def test_format_table_adds_gold_recall_when_known():
