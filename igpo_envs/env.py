@@ -513,7 +513,7 @@ def retrieve(retriever: Retriever, queries: list[str], topk: int) -> list[list[P
     if len(results) != len(queries):
         raise RuntimeError(f"{type(retriever).__name__}.search returned {len(results)} result lists "
                            f"for {len(queries)} queries")
-    return [list(result)[:topk] for result in results]
+    return [result if type(result) is list and len(result) <= topk else list(result)[:topk] for result in results]
 
 
 def step_batch(envs: Sequence[SearchQAEnv], actions: Sequence[Any]) -> list[tuple[str, float, bool, bool, dict]]:
