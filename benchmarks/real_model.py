@@ -114,19 +114,21 @@ def _check_prepared(s: Settings) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
-def _eval_argv(s: Settings, model: str, protocol: str, transcript: str, out: Path) -> list[str]:
-    return ["--env", ENV_ID, "--agent", f"hf:{model}", "--episodes", str(len(_indices(s.heldout_questions))),
+def _eval_argv(s: Settings, model: str, protocol: str, transcript: str, out: Path, episodes: int | None) -> list[str]:
+    episodes = episodes or len(_indices(s.heldout_questions))
+    return ["--env", ENV_ID, "--agent", f"hf:{model}", "--episodes", str(episodes),
             "--seed", str(s.seed), "--env-kwargs", json.dumps(s.env_kwargs(protocol)),
             "--max-new-tokens", str(s.max_new_tokens), "--batch-size", str(s.batch_size),
             "--transcript", transcript, "--no-progress", "--json", str(out)]
 
 
-def run_eval(s: Settings, model: str, protocol: str, transcript: str, tag: str) -> dict:
-    """``igpo-eval`` on the held-out questions; returns its summary plus the commonest format errors."""
+def run_eval(s: Settings, model: str, protocol: str, transcript: str, tag: str, episodes: int | None = None) -> dict:
+    """``igpo-eval`` on the held-out questions (the first ``episodes`` of its seeded order; default all); returns its
+    summary, the commonest format errors and the question ids played."""
     from igpo_envs.cli import main as igpo_eval
 
     out = Path(s.work) / f"eval_{tag}_{protocol}.json"
-    argv = _eval_argv(s, model, protocol, transcript, out)
+    argv = _eval_argv(s, model, protocol, transcript, out, episodes)
     print("igpo-eval " + _quote(argv), flush=True)
     start = time.perf_counter()
     igpo_eval(argv)
@@ -138,6 +140,7 @@ def run_eval(s: Settings, model: str, protocol: str, transcript: str, tag: str) 
     examples = [r["prediction"] for r in result["per_episode"] if r["prediction"]][:5]
     return {**summary, "protocol": protocol, "transcript": transcript, "seconds": seconds,
             "top_errors": errors.most_common(3), "example_predictions": examples,
+            "question_ids": [r["question_id"] for r in result["per_episode"]],
             "command": "igpo-eval " + _quote(argv)}
 
 
@@ -305,7 +308,7 @@ def warm_start_argv(s: Settings, num_examples: int, epochs: float, learning_rate
 
 
 def warm_start(s: Settings, num_examples: int, epochs: float, learning_rate: float, batch_size: int, *,
-               skip_sft: bool = False, sft_only: bool = False) -> None:
+               skip_sft: bool = False, sft_only: bool = False, eval_episodes: int | None = None) -> None:
     """``igpo-warmstart`` on the train questions, then ``igpo-eval --transcript inline`` on the held-out ones."""
     from igpo_trainer.warmstart_cli import main as igpo_warmstart
 
@@ -319,7 +322,7 @@ def warm_start(s: Settings, num_examples: int, epochs: float, learning_rate: flo
     if sft_only:
         return
     sft = json.loads((s.sft_dir / "warmstart.json").read_text())
-    row = run_eval(s, str(s.sft_dir), "tag", "inline", "warm_start")
+    row = run_eval(s, str(s.sft_dir), "tag", "inline", "warm_start", eval_episodes)
     _write("warm_start", {"settings": asdict(s), "sft": sft, "sft_command": (s.sft_dir / "command.txt").read_text(),
                           "heldout": row})
 
@@ -376,9 +379,25 @@ def _pct(x) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
+def _zero_shot_on(zs: dict, question_ids: list[str]) -> list[dict]:
+    """The zero-shot rows re-summarised over ``question_ids`` only (when the warm-started model played fewer)."""
+    from igpo_envs.cli import summarize
+
+    rows = []
+    for r in zs["rows"]:
+        path = Path(zs["settings"]["work"]) / f"eval_zero_shot_{r['protocol']}.json"
+        records = [e for e in json.loads(path.read_text())["results"][0]["per_episode"]
+                   if e["question_id"] in set(question_ids)]
+        errors = Counter((e["error"] or "").split(":")[0] for e in records if e["error"])
+        rows.append({**r, **summarize(records), "top_errors": errors.most_common(3)})
+    return rows
+
+
 def report() -> str:
     lines = []
     zs, ws = _read("zero_shot"), _read("warm_start")
+    if zs and ws and len(ws["heldout"]["question_ids"]) < min(r["episodes"] for r in zs["rows"]):
+        zs = {**zs, "rows": _zero_shot_on(zs, ws["heldout"]["question_ids"])}
     if zs or ws:
         lines += ["| policy | protocol | EM | F1 | gold recall | format errors | searches/ep | commonest error |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]
@@ -388,6 +407,7 @@ def report() -> str:
                 lines.append(f"| {label} | {r['protocol']} | {_pct(r['em'])} | {_pct(r['f1'])} | "
                              f"{_pct(r['gold_recall'])} | {_pct(r['format_error_rate'])} | {r['searches']:.2f} | "
                              f"{err} |")
+        lines.append(f"Held-out questions: {ws['heldout']['episodes'] if ws else zs['rows'][0]['episodes']}.")
         lines.append("")
     if ws:
         sft = ws["sft"]
@@ -424,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-examples", type=int, default=40, help="warm-start: demonstrations")
     parser.add_argument("--sft-batch-size", type=int, default=4, help="warm-start: demonstrations per step")
     parser.add_argument("--sft-only", action="store_true", help="warm-start: train only (evaluate later)")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="warm-start: held-out episodes (default all)")
     parser.add_argument("--epochs", type=float, default=1.0, help="warm-start: SFT epochs")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="warm-start: peak learning rate")
     parser.add_argument("--skip-sft", action="store_true", help="warm-start: evaluate an existing SFT model only")
@@ -437,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         ig_signal(s, args.limit)
     elif args.step == "warm-start":
         warm_start(s, args.num_examples, args.epochs, args.learning_rate, args.sft_batch_size,
-                   skip_sft=args.skip_sft, sft_only=args.sft_only)
+                   skip_sft=args.skip_sft, sft_only=args.sft_only, eval_episodes=args.eval_episodes)
     elif args.step == "train-steps":
         train_steps(s)
     else:
