@@ -4,7 +4,8 @@ A tokenizer is trained with `tokenizers` on the texts the model will see: byte-l
 task become whole tokens and decoding round-trips exactly, which the ``tool_call`` protocol's JSON needs) or a
 word-level vocabulary (``kind="word"``: one token per word or punctuation mark, so copying a name from a passage is
 copying whole tokens, which a 1M-parameter model learns several times faster; decoding joins words with spaces, fine
-for the ``tag`` protocol, not for JSON tool calls), and a small
+for the ``tag`` protocol, not for JSON tool calls), or ``kind="name"``: word level with each two-word name of the
+synthetic world as one token (the CPU demo's choice: a name is copied off a passage as a single token). A small
 Qwen2- or Llama-architecture model is built from a config with random weights. Both are saved with
 ``save_pretrained`` because TRL reloads the reference model from ``model.config._name_or_path``.
 """
@@ -32,16 +33,22 @@ CHAT_TEMPLATE = (
 )
 
 
-TOKENIZER_KINDS = ("bpe", "word")
+TOKENIZER_KINDS = ("bpe", "word", "name")
+#: ``kind="name"``: words and punctuation as ``"word"``, except that a run of exactly two capitalised words (a person,
+#: film, company or city name of the synthetic world: "Rovi Tesan") is one token; longer runs (the world's three-word
+#: aliases) stay word by word, so a query built from a question's alias is made of well-trained word tokens.
+NAME_RUNS = r"[A-Z][a-z]+(?: [A-Z][a-z]+)+|\w+|[^\w\s]+"
+TWO_WORD_NAME = r"^[A-Z][a-z]+ [A-Z][a-z]+$|[^ ]+"
 UNK = "<unk>"
 #: Words every episode shows besides the task's own: chat roles and the passage layout of observations.
 FRAMING_TEXTS = ("system user assistant tool", *(f"Doc {i} (Title: x) y" for i in range(1, 11)))
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, kind: str = "bpe"):
-    """Train a tokenizer of ``kind`` (``"bpe"``: byte-level BPE; ``"word"``: word level, see the module docstring)
-    on ``texts`` and wrap it as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a tokenizer of ``kind`` (``"bpe"``: byte-level BPE; ``"word"``: word level, see the module docstring;
+    ``"name"``: word level with two-word names as one token, see `NAME_RUNS`) on ``texts`` and wrap it as a
+    transformers fast tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     if kind not in TOKENIZER_KINDS:
@@ -55,7 +62,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, kind: str = "b
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     else:
         tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
+        if kind == "word":
+            tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
+        else:  # as Whitespace (its pattern, inverted), but capitalised runs first; then only 2-word runs stay whole
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(NAME_RUNS), behavior="removed", invert=True),
+                pre_tokenizers.Split(Regex(TWO_WORD_NAME), behavior="removed", invert=True),
+            ])
         tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # join with spaces, tidy punctuation
         trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials + [UNK],
                                             show_progress=False)

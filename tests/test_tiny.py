@@ -53,6 +53,26 @@ def test_word_tokenizer_survives_reload(tmp_path, arch):
     assert loaded("Marlo Vesk")["input_ids"] == tokenizer("Marlo Vesk")["input_ids"]
 
 
+def test_name_tokenizer_keeps_two_word_names_whole(tmp_path):
+    """kind="name": a two-word name is one token (one token to copy off a passage), a three-word alias stays word by
+    word (its words are shared across the corpus, so well trained), and decoding gives the text back."""
+    from igpo_envs.hf_tokenizer import load_tokenizer
+
+    texts = ["Rovi Tesan, also known as Kesh Dalo Miru, was born in Kala Dimok. The mayor of Kala Dimok is Rovi Tesa."]
+    tokenizer = load_tokenizer(build_tiny_model(tmp_path, texts * 5, vocab_size=400, hidden_size=32, num_layers=1,
+                                                tokenizer_kind="name"))
+
+    def tokens(text):
+        return tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    assert tokens("<search> Rovi Tesan </search>") == ["<search>", "Rovi Tesan", "</search>"]
+    assert tokens("of Kesh Dalo Miru, was born in Kala Dimok.") == ["of", "Kesh", "Dalo", "Miru", ",", "was", "born",
+                                                                     "in", "Kala Dimok", "."]
+    assert tokens("Rovi Tesa") == ["Rovi Tesa"] and tokens("Rovi Tesan") != tokens("Rovi Tesa")  # look-alikes differ
+    ids = tokenizer("<answer> Kala Dimok </answer>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == "<answer> Kala Dimok </answer>"
+
+
 def test_word_tokenizer_policy_stops_at_closing_tags(tmp_path):
     """Generation with a word-level vocabulary (HF's StopStringCriteria cannot read it) stops at the closing tag."""
     from igpo_envs.hf_tokenizer import load_tokenizer

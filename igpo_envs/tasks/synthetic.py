@@ -321,7 +321,8 @@ def make_synth_env(
         retriever_threads: numba threads per BM25 search (default 1, see `get_retriever`; None: every CPU).
         **env_kwargs: passed to `SearchQAEnv` (``protocol``, ``topk``, ``max_turns``, ``format_penalty``, ...).
     """
-    from igpo_envs.env import SearchQAEnv, _integer
+    from igpo_envs.arguments import integer as _integer
+    from igpo_envs.env import SearchQAEnv
 
     if isinstance(hops, list):
         hops = tuple(hops)
