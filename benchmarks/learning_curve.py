@@ -41,6 +41,8 @@ METHODS = {
     "grpo_em": {"use_information_gain": False, "reward_metric": "em"},
     "igpo_em": {"reward_metric": "em"},
     "igpo_em_std_floor": {"reward_metric": "em", "adv_std_floor": 0.1},
+    "igpo_em_separate": {"reward_metric": "em", "info_gain_norm": "separate"},
+    "igpo_em_log_prob_diff": {"reward_metric": "em", "info_gain_type": "log_prob_diff"},
 }
 SECTION = "## Learning: IGPO vs GRPO"
 

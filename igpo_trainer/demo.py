@@ -53,7 +53,10 @@ class DemoSettings:
     hidden_size: int = 128
     num_layers: int = 4
     vocab_size: int = 2048
-    tokenizer_kind: str = "word"  # whole-word tokens: copying names is what the warm start must learn, fast
+    # Names as single tokens ("Rovi Tesan"), other words as words: copying a name off a passage is one token to copy.
+    tokenizer_kind: str = "name"
+    # The world's passages join the warm start as plain language modelling, so every name has a trained embedding.
+    sft_read_passages: bool = True
     # Warm start: trained until held-out greedy episodes meet the criterion (checked every `sft_check_every` steps on
     # `sft_check_episodes` questions), at most `sft_max_epochs` epochs.
     sft_examples: int = 2000
@@ -213,6 +216,7 @@ def converged_warm_start(base_dir: Path, out_dir: Path, settings: DemoSettings, 
     """`igpo_trainer.warmstart.warm_start` until the settings' criterion holds on held-out greedy episodes that open
     with the oracle's first search (`OracleOpening`; a question sample of the eval split)."""
     from igpo_envs.hf_tokenizer import load_tokenizer
+    from igpo_envs.tasks.synthetic import get_world
     from igpo_trainer.warmstart import warm_start
 
     tokenizer = load_tokenizer(base_dir)
@@ -221,10 +225,12 @@ def converged_warm_start(base_dir: Path, out_dir: Path, settings: DemoSettings, 
         return evaluate_policy(model, tokenizer, settings, episodes=settings.sft_check_episodes, seed=10_000 + seed,
                                keep_episodes=True, oracle_opening=True)["per_episode"]
 
+    passages = get_world(settings.num_docs, settings.distractors, TASK["seed"]).passages
+    reading = [p.contents for p in passages] if settings.sft_read_passages else []
     return warm_start(base_dir, make_train_env(settings), out_dir, num_examples=settings.sft_examples,
                       learning_rate=settings.sft_lr, batch_size=settings.sft_batch_size,
                       naive_share=settings.naive_share, recover_share=settings.recover_share, seed=seed,
-                      progress=progress, evaluate=held_out, criterion=settings.criterion())
+                      progress=progress, evaluate=held_out, criterion=settings.criterion(), reading_texts=reading)
 
 
 def rl_config(out: Path, settings: DemoSettings, *, seed: int, use_information_gain: bool, progress: bool,

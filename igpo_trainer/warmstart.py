@@ -203,7 +203,8 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
                recover_share: float = 0.3, seed: int = 0, progress: bool = True,
                evaluate: Callable[[Any], Sequence[dict[str, Any]]] | None = None,
                criterion: ConvergenceCriterion | None = None, lr_scheduler_type: str = "cosine",
-               examples: Sequence[dict] | None = None, warmup_steps: int = 10) -> dict[str, Any]:
+               examples: Sequence[dict] | None = None, warmup_steps: int = 10,
+               reading_texts: Sequence[str] = ()) -> dict[str, Any]:
     """SFT ``model_dir`` on scripted demonstrations of ``env`` with TRL's `SFTTrainer`; save to ``out_dir``.
 
     ``examples``: precomputed rows (``input_ids``, ``completion_mask``, tokenised with ``model_dir``'s tokenizer,
@@ -216,6 +217,10 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
 
     Returns a summary: demonstration stats, final training loss, seconds, and with ``evaluate`` the criterion, whether
     it was reached, at which step and epoch, and the figures of every check.
+
+    ``reading_texts`` (e.g. the corpus's passages) join the data as plain language modelling, every token in the loss:
+    every name then has a trained embedding before the policy must copy it off a passage, including names that no
+    demonstration's answer or query uses.
     """
     import time
 
@@ -230,6 +235,10 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
     else:
         rows, stats = demonstrations(env, tokenizer, num_examples, naive_share=naive_share,
                                      recover_share=recover_share, seed=seed)
+    num_demos = len(rows)
+    for text in reading_texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append({"input_ids": ids, "completion_mask": [1] * len(ids)})
     dataset = Dataset.from_list(rows)
     longest = max(len(r["input_ids"]) for r in rows)
     if evaluate is not None:
@@ -294,7 +303,7 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
     result = trainer.train()
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    summary = {**stats, "examples": len(rows), "train_loss": float(result.training_loss),
+    summary = {**stats, "examples": num_demos, "reading_texts": len(reading_texts), "train_loss": float(result.training_loss),
                "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0.0),
                "seconds": time.perf_counter() - start}
     if evaluate is not None:
