@@ -128,7 +128,8 @@ def benchmark_size(num_docs: int, args, cache_root: Path) -> dict:
     generation = time.perf_counter() - start
     cache_dir = str(cache_root / f"docs-{num_docs}")
     start = time.perf_counter()
-    retriever = get_retriever(num_docs, args.distractors, args.seed, cache_dir)
+    threads = args.threads or None  # None: every CPU
+    retriever = get_retriever(num_docs, args.distractors, args.seed, cache_dir, n_threads=threads)
     build = time.perf_counter() - start
     if retriever.loaded_from_cache:  # --cache-dir with an existing index: this is a load, not a build
         print(f"note: index for {num_docs:,} passages loaded from {cache_dir}; 'index build' is its load time")
@@ -136,7 +137,7 @@ def benchmark_size(num_docs: int, args, cache_root: Path) -> dict:
     envs = gym.make_vec("igpo/SynthMultiHop-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
                         num_docs=num_docs, distractors=args.distractors, seed=args.seed, hops=[1, 2, 3, 4],
                         num_questions=args.num_envs, cache_dir=cache_dir, topk=args.topk,
-                        max_turns=SEARCHES_PER_EPISODE)
+                        max_turns=SEARCHES_PER_EPISODE, retriever_threads=threads)
     plans = [item.metadata["oracle_queries"] for item in envs.unwrapped.items]
     steps = [[plan[t % len(plan)] for plan in plans] for t in range(args.steps)]
     search = raw_bm25s(retriever)
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topk", type=int, default=3)
     parser.add_argument("--distractors", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="numba threads per batched search, both sides (default 0: every CPU)")
     parser.add_argument("--cache-dir", default=None, help="index cache root (default: a temporary dir, removed)")
     parser.add_argument("--write", default=None, help="write the table into this BENCHMARKS.md")
     parser.add_argument("--profile", action="store_true", help="also cProfile one pass per size and print it")
