@@ -204,7 +204,8 @@ class DenseEncoder:
         """Embeddings of ``prefix + text`` for each text: float32, C-contiguous, shape ``(len(texts), dim)``."""
         if not len(texts):
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
-        vectors = self.model.encode(list(texts), prompt=prefix or None, batch_size=self.config.batch_size,
+        # prompt="" (not None) also keeps a model's default prompt, if it names one, out of the text.
+        vectors = self.model.encode(list(texts), prompt=prefix, batch_size=self.config.batch_size,
                                     normalize_embeddings=self.config.normalize, convert_to_numpy=True,
                                     show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
