@@ -60,23 +60,23 @@ class DemoSettings:
     # Warm start: trained until held-out greedy episodes meet the criterion (checked every `sft_check_every` steps on
     # `sft_check_episodes` questions), at most `sft_max_epochs` epochs.
     sft_examples: int = 2000
-    sft_max_epochs: float = 12.0
+    sft_max_epochs: float = 8.0
     sft_lr: float = 2e-3
     sft_batch_size: int = 8
-    sft_check_every: int = 125
+    sft_check_every: int = 250
     sft_check_episodes: int = 64
-    min_validity: float = 0.98
-    min_copy_accuracy: float = 0.9
-    min_query_copy: float = 0.9
+    min_validity: float = 0.95
+    min_copy_accuracy: float = 0.85
+    min_query_copy: float = 0.85
     # Plan mix of the demonstrations (`igpo_trainer.warmstart.demonstrations`): mostly the naive "search the question"
     # opening, so the start rarely searches right and outcome-only GRPO meets many all-equal groups.
-    naive_share: float = 0.5
-    recover_share: float = 0.3
+    naive_share: float = 0.9
+    recover_share: float = 0.1
     steps: int = 20
     rl_seeds: int = 3
     questions_per_step: int = 4
     num_generations: int = 8
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-4
     max_turn_length: int = 24
     max_completion_length: int = 320
     eval_every: int = 10
