@@ -157,9 +157,6 @@ def _warn_no_retriever_once() -> None:
         warnings.warn(NO_RETRIEVER_NOTICE, NoRetrieverWarning, stacklevel=3)
 
 
-_integer = integer  # the old private name, still imported by tasks/synthetic.py (use igpo_envs.arguments.integer)
-
-
 def _query_key(query: str) -> str:
     return " ".join(query.lower().split())
 
