@@ -409,8 +409,11 @@ class SearchQAEnv(gym.Env[str, str]):
         episode.turn += 1
         episode.messages.append({"role": "assistant", "content": action if isinstance(action, str) else repr(action)})
         observation, terminated, truncated = "", False, False
+        prediction, em, f1 = None, 0.0, 0.0
         if turn.kind == "answer":
-            em, f1 = self._scores(turn.argument)
+            prediction = turn.argument
+            golds = episode.item.golden_answers
+            em, f1 = exact_match(prediction, golds), f1_score(prediction, golds)
             reward, terminated = (f1 if self.reward_metric == "f1" else em), True
         elif turn.kind == "invalid":
             reward, terminated = self.format_penalty, True
@@ -424,16 +427,10 @@ class SearchQAEnv(gym.Env[str, str]):
         info["action"] = turn.as_dict()
         info["error"] = turn.error
         if episode.done:
-            prediction = turn.argument if turn.kind == "answer" else None
-            em, f1 = self._scores(prediction) if prediction is not None else (0.0, 0.0)
             info.update(golden_answers=list(episode.item.golden_answers), prediction=prediction, em=em, f1=f1)
         if self.render_mode == "human":
             self.render()
         return observation, reward, terminated, truncated, info
-
-    def _scores(self, prediction: str) -> tuple[float, float]:
-        golds = self._episode.item.golden_answers
-        return exact_match(prediction, golds), f1_score(prediction, golds)
 
     def _tool_result(self, turn: Action, passages: Sequence[Passage] | None) -> str:
         """The observation text of a tool turn, recording queries and retrieved passages on the way."""
