@@ -326,7 +326,7 @@ def render(rows: list[dict]) -> str:
     if encode:
         out += ["| encoder (CPU threads) | passages/s (batch 64) | query ms, batch 1 | query ms, batch 64 "
                 "| queries/s, batch 64 |", "|---|---:|---:|---:|---:|"]
-        out += [f"| {r['encoder']} ({r['threads']}) | {r['passages_per_s']:,.0f} | {r['query_ms_b1']:.1f} | "
+        out += [f"| {r['encoder']} ({r['threads']}) | {r['passages_per_s']:,.1f} | {r['query_ms_b1']:.1f} | "
                 f"{r['query_ms_b64']:.0f} | {r['queries_per_s_b64']:,.0f} |" for r in encode]
         out.append("")
     fa = [r for r in rows if r["part"] == "faiss"]
