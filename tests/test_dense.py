@@ -165,6 +165,24 @@ def test_env_searches_with_the_dense_engine_and_caches_the_index(tmp_path, monke
     assert hnsw.search([first.contents], 1)[0][0].id == first.id
 
 
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+def test_damaged_dense_auto_cache_is_rebuilt_with_a_warning(tmp_path, corpus, tiny_encoder, how):
+    from file_damage import damage
+
+    from igpo_envs.search.manifest import read_manifest
+
+    first = make_retriever(corpus=corpus, retriever="dense", model=str(tiny_encoder), cache_dir=tmp_path)
+    query = load_passages(corpus)[5].contents
+    expected = [p.id for p in first.search([query], 3)[0]]
+    (index_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("dense-")]
+    del first  # unmapped before its files change under it
+    victim = max(read_manifest(index_dir).files, key=lambda name: (index_dir / name).stat().st_size)
+    damage(index_dir / victim, how)
+    with pytest.warns(RuntimeWarning, match="index cache .*dense-.* is unusable"):
+        again = make_retriever(corpus=corpus, retriever="dense", model=str(tiny_encoder), cache_dir=tmp_path)
+    assert [p.id for p in again.search([query], 3)[0]] == expected
+
+
 def test_hnsw_agrees_with_flat(tmp_path, encoder, retriever, corpus):
     passages = load_passages(corpus)
     hnsw = make_retriever(corpus=passages, retriever="dense", encoder=encoder, index_type="hnsw", hnsw_m=16,

@@ -84,13 +84,8 @@ def _local_engine(engine: str, corpus: Any, index: str | os.PathLike[str] | None
 
         return BM25Retriever(Path(corpus).expanduser(), **kwargs)
     cache_dir = kwargs.pop("cache_dir", None)
-    from igpo_envs.search.manifest import index_is_intact
-
-    name = f"tantivy-{corpus_sha256(corpus)[:24]}"
-    build = lambda tmp: build_index(corpus, "tantivy", tmp, progress=False)  # noqa: E731
-    out = cached_index_dir(name, build, cache_dir=cache_dir)
-    if not index_is_intact(out):  # damaged since it was built: warned and removed; build it again
-        out = cached_index_dir(name, build, cache_dir=cache_dir)
+    out = cached_index_dir(f"tantivy-{corpus_sha256(corpus)[:24]}",
+                           lambda tmp: build_index(corpus, "tantivy", tmp, progress=False), cache_dir=cache_dir)
     return open_index(out, corpus=corpus, **kwargs)
 
 

@@ -103,12 +103,17 @@ class IndexManifest:
                                          f"corrupted)")
 
 
+#: `index_is_intact` hashes every file of caches up to this size; beyond it (a dense wiki-18 index is ~65 GB, minutes
+#: to hash at every start) it checks presence and sizes only.
+FULL_CHECK_MAX_BYTES = 4 << 30
+
+
 def index_is_intact(index_dir: str | Path) -> bool:
     """True if ``index_dir`` holds an index whose files all match their build-time checksums.
 
     For self-healing caches: an absent directory is False; a damaged one (unreadable manifest, a missing, truncated,
     edited or garbled file, no checksums) gets a `RuntimeWarning` naming it and why, and is removed so the caller
-    rebuilds it.
+    rebuilds it. Indexes above `FULL_CHECK_MAX_BYTES` are checked by file presence and size only.
     """
     import shutil
     import warnings
@@ -117,7 +122,9 @@ def index_is_intact(index_dir: str | Path) -> bool:
     if not index_dir.exists():
         return False
     try:
-        read_manifest(index_dir).verify_files(index_dir)
+        manifest = read_manifest(index_dir)
+        total = sum(f.get("bytes") for f in manifest.files.values() if isinstance(f.get("bytes"), int))
+        manifest.verify_files(index_dir, full=total <= FULL_CHECK_MAX_BYTES)
         return True
     except IndexManifestError as exc:
         warnings.warn(f"index cache {index_dir} is unusable ({exc}); rebuilding it", RuntimeWarning, stacklevel=2)
