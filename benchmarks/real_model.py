@@ -360,7 +360,6 @@ def train_steps(s: Settings) -> None:
     seconds = time.perf_counter() - start
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     steps = [e for e in state["log_history"] if "loss" in e]
-    final = next((e for e in state["log_history"] if "train_runtime" in e), {})
     before, after = load_file(s.sft_dir / "model.safetensors"), load_file(out / "checkpoint-2" / "model.safetensors")
     shared = [k for k in before if k in after]
     delta = math.sqrt(sum(float((after[k].float() - before[k].float()).pow(2).sum()) for k in shared))
@@ -368,8 +367,8 @@ def train_steps(s: Settings) -> None:
     changed = sum(not torch.equal(before[k], after[k]) for k in shared)
     _write("train_steps", {
         "settings": asdict(s), "command": "igpo-train " + _quote(argv), "steps": steps,
-        "train_runtime": final.get("train_runtime"), "wall_seconds": seconds,
-        "seconds_per_step": (final.get("train_runtime") or seconds) / max(1, len(steps)),
+        "wall_seconds": seconds,
+        "seconds_per_step": [e.get("step_time") for e in steps],
         "losses_finite": all(math.isfinite(e["loss"]) for e in steps),
         "weights_changed_tensors": f"{changed}/{len(shared)}", "relative_weight_change": delta / norm})
 
@@ -381,7 +380,7 @@ def _pct(x) -> str:
 
 def _zero_shot_on(zs: dict, question_ids: list[str]) -> list[dict]:
     """The zero-shot rows re-summarised over ``question_ids`` only (when the warm-started model played fewer)."""
-    from igpo_envs.cli import summarize
+    from igpo_envs.evaluation import summarize
 
     rows = []
     for r in zs["rows"]:
@@ -406,8 +405,7 @@ def report() -> str:
                 err = r["top_errors"][0][0] if r["top_errors"] else "-"
                 lines.append(f"| {label} | {r['protocol']} | {_pct(r['em'])} | {_pct(r['f1'])} | "
                              f"{_pct(r['gold_recall'])} | {_pct(r['format_error_rate'])} | {r['searches']:.2f} | "
-                             f"{err} |")
-        lines.append(f"Held-out questions: {ws['heldout']['episodes'] if ws else zs['rows'][0]['episodes']}.")
+                             f"`{err}` |")
         lines.append("")
     if ws:
         sft = ws["sft"]
@@ -427,12 +425,19 @@ def report() -> str:
         lines.append("")
     ts = _read("train_steps")
     if ts:
-        lines += ["| step | loss | IG share of step | reward | format errors |", "|---:|---:|---:|---:|---:|"]
+        lines += ["| step | loss | grad norm | s/step | IG share of step | reward (F1) | IG/search | searches/ep | gold "
+                  "recall | zero-adv groups, IGPO | outcome-only zero-std groups |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for e in ts["steps"]:
-            lines.append(f"| {e.get('step')} | {e['loss']:.4f} | {e.get('igpo/ig_time_share', float('nan')):.3f} | "
-                         f"{e.get('reward', float('nan')):.3f} | {e.get('igpo/format_error', float('nan')):.3f} |")
-        lines.append(f"\n{ts['seconds_per_step']:.0f} s per step; weights changed: {ts['weights_changed_tensors']} "
-                     f"tensors, relative change {ts['relative_weight_change']:.2e}.")
+            lines.append(f"| {e.get('step')} | {e['loss']:+.4f} | {e.get('grad_norm', float('nan')):.2f} | "
+                         f"{e.get('step_time', float('nan')):.0f} | {e.get('igpo/ig_time_share', float('nan')):.3f} | "
+                         f"{e.get('reward', float('nan')):.3f} | {e.get('igpo/info_gain_per_search', float('nan')):+.4f} | "
+                         f"{e.get('igpo/searches', float('nan')):.2f} | {_pct(e.get('igpo/gold_recall'))} | "
+                         f"{e.get('igpo/zero_adv_group_frac', float('nan')):.2f} | "
+                         f"{e.get('frac_reward_zero_std', float('nan')):.2f} |")
+        lines.append(f"\nLosses finite: {ts['losses_finite']}; weights changed: {ts['weights_changed_tensors']} "
+                     f"tensors, relative L2 change {ts['relative_weight_change']:.2e}; wall time of the command "
+                     f"{ts['wall_seconds']:.0f} s (model loading included).")
     return "\n".join(lines)
 
 
