@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from igpo_envs.information_gain import answer_logprobs, batch_answer_logprobs, per_prefix_answer_logprobs
-from igpo_envs.information_gain.packed import _prepare_row, _probe_pass, _rollout_pass
+from igpo_envs.information_gain.packed import CachedRollout, cached_probe_logprobs
 
 MODELS = {
     # name: (vocab, hidden, intermediate, layers, heads, kv_heads)
@@ -83,18 +83,13 @@ def run(name: str, turns_list, repeats: int, attn: str) -> list[dict]:
     rows = []
     for turns in turns_list:
         ids, bounds, probe, mask = make_rollout(turns, vocab, seed=turns)
-        row = [_prepare_row(ids, bounds, probe, mask)]
-
         state = {}
 
-        def probes_only(row=row, state=state):
+        def probes_only(state=state, ids=ids, bounds=bounds, probe=probe, mask=mask):
             # The probe call alone, on a rollout cache computed outside the timed region (re-cropped each call).
             if "rollout" not in state:
-                state["rollout"] = _rollout_pass(model, row)
-            extra = state["rollout"].cache.get_seq_length() - state["rollout"].seq_width
-            if extra:
-                state["rollout"].cache.crop(-extra)
-            return _probe_pass(model, row, state["rollout"])[0]
+                state["rollout"] = CachedRollout(model, ids, bounds, probe, mask)
+            return cached_probe_logprobs(model, state["rollout"])
 
         with torch.no_grad():
             methods = {

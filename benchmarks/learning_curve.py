@@ -6,7 +6,8 @@ The SFT start is built once (the `igpo-demo` pipeline: tiny model + `igpo_traine
 from it. Each (method, seed) is a separate process with one torch thread (on this shared 2-core machine two threads
 made tiny-model training 50-100x slower); ``--jobs`` of them run at a time. Default 1: measured here, two runs in
 parallel took 7-16 s per step each against 1.6-2.2 s for one run alone, so running them one after the other is faster.
-Every ``--eval-every`` steps a run is evaluated greedily on held-out eval-split questions with `igpo_envs.cli.evaluate`.
+Every ``--eval-every`` steps a run is evaluated greedily on held-out eval-split questions with
+`igpo_envs.evaluation.evaluate`.
 Curves and "steps to GRPO's final score" use held-out F1 (``SCORE``); EM is tabulated too.
 
 Writes under ``--out`` (default benchmarks/results): ``learning_curve.csv`` (one row per method, seed and evaluation

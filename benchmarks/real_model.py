@@ -224,8 +224,13 @@ def ig_signal(s: Settings, limit: int | None = None) -> None:
     import numpy as np
     import torch
 
-    from igpo_envs.information_gain import InformationGainScorer, answer_logprobs, first_alias, information_gains
-    from igpo_envs.information_gain import tokenize_history
+    from igpo_envs.information_gain import (
+        InformationGainScorer,
+        answer_logprobs,
+        first_alias,
+        information_gains,
+        tokenize_history,
+    )
     from igpo_trainer.offline_models import load_smollm2
     from igpo_trainer.trainer import make_env_from_id
 
@@ -395,7 +400,9 @@ def _zero_shot_on(zs: dict, question_ids: list[str]) -> list[dict]:
 def report() -> str:
     lines = []
     zs, ws = _read("zero_shot"), _read("warm_start")
-    if zs and ws and len(ws["heldout"]["question_ids"]) < min(r["episodes"] for r in zs["rows"]):
+    played = Path(zs["settings"]["work"]) / "eval_zero_shot_tag.json" if zs else None
+    if (zs and ws and played.is_file()  # the per-episode records live with the runs (--work)
+            and len(ws["heldout"]["question_ids"]) < min(r["episodes"] for r in zs["rows"])):
         zs = {**zs, "rows": _zero_shot_on(zs, ws["heldout"]["question_ids"])}
     if zs or ws:
         lines += ["| policy | protocol | EM | F1 | gold recall | format errors | searches/ep | commonest error |",
@@ -409,9 +416,9 @@ def report() -> str:
         lines.append("")
     if ws:
         sft = ws["sft"]
-        lines.append(f"Warm start: {sft['examples']} oracle demonstrations (demo EM {_pct(sft['demo_em'])}, gold recall "
-                     f"{_pct(sft['demo_gold_recall'])}, {sft['demo_tokens_mean']:.0f} tokens on average), train loss "
-                     f"{sft['train_loss']:.3f}, {sft['seconds']:.0f} s.")
+        lines.append(f"Warm start: {sft['examples']} oracle demonstrations (demo EM {_pct(sft['demo_em'])}, "
+                     f"gold recall {_pct(sft['demo_gold_recall'])}, {sft['demo_tokens_mean']:.0f} tokens on average), "
+                     f"train loss {sft['train_loss']:.3f}, {sft['seconds']:.0f} s.")
         lines.append("")
     ig = _read("ig_signal")
     if ig:
@@ -425,13 +432,14 @@ def report() -> str:
         lines.append("")
     ts = _read("train_steps")
     if ts:
-        lines += ["| step | loss | grad norm | s/step | IG share of step | reward (F1) | IG/search | searches/ep | gold "
-                  "recall | zero-adv groups, IGPO | outcome-only zero-std groups |",
+        lines += ["| step | loss | grad norm | s/step | IG share of step | reward (F1) | IG/search | searches/ep | "
+                  "gold recall | zero-adv groups, IGPO | outcome-only zero-std groups |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for e in ts["steps"]:
             lines.append(f"| {e.get('step')} | {e['loss']:+.4f} | {e.get('grad_norm', float('nan')):.2f} | "
                          f"{e.get('step_time', float('nan')):.0f} | {e.get('igpo/ig_time_share', float('nan')):.3f} | "
-                         f"{e.get('reward', float('nan')):.3f} | {e.get('igpo/info_gain_per_search', float('nan')):+.4f} | "
+                         f"{e.get('reward', float('nan')):.3f} | "
+                         f"{e.get('igpo/info_gain_per_search', float('nan')):+.4f} | "
                          f"{e.get('igpo/searches', float('nan')):.2f} | {_pct(e.get('igpo/gold_recall'))} | "
                          f"{e.get('igpo/zero_adv_group_frac', float('nan')):.2f} | "
                          f"{e.get('frac_reward_zero_std', float('nan')):.2f} |")

@@ -141,6 +141,30 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str, max_
 
 
 
+def quantization_config_for(model_args):
+    """TRL's ``BitsAndBytesConfig`` for ``--load_in_4bit`` / ``--load_in_8bit`` (passed to the trainer, as ``trl grpo``
+    does), or None; a setup where it cannot work is refused with the reason instead of silently training unquantized."""
+    import importlib.util
+
+    from trl import get_quantization_config
+
+    config = get_quantization_config(model_args)
+    if config is None:
+        return None
+    flag = "--load_in_4bit" if model_args.load_in_4bit else "--load_in_8bit"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise SystemExit(f"igpo-train: {flag} quantizes with bitsandbytes, which is not installed "
+                         "(pip install bitsandbytes; it needs a CUDA GPU)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit(f"igpo-train: {flag} needs a CUDA GPU (bitsandbytes quantization); none is available")
+    if not model_args.use_peft:
+        raise SystemExit(f"igpo-train: {flag} loads a quantized base model, which is trained through adapters: "
+                         "add --use_peft (QLoRA)")
+    return config
+
+
 def make_parser():
     from trl import ModelConfig, TrlParser
 
@@ -167,6 +191,7 @@ def train(script_args, training_args, model_args) -> int:
     except _RunFinished as finished:
         print(finished, file=sys.stderr)
         return 0
+    quantization_config = quantization_config_for(model_args)
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
@@ -188,6 +213,7 @@ def train(script_args, training_args, model_args) -> int:
         train_dataset=question_dataset(env, train_indices),
         eval_dataset=question_dataset(env, eval_indices) if eval_indices is not None else None,
         peft_config=get_peft_config(model_args),
+        quantization_config=quantization_config,
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)

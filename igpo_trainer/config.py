@@ -9,11 +9,12 @@ from typing import Any
 
 from trl import GRPOConfig
 
-from igpo_envs.protocol import OFFICIAL_SYSTEM_PROMPT
+from igpo_envs.information_gain.formulas import INFO_GAIN_TYPES
+from igpo_envs.protocol import OFFICIAL_SYSTEM_PROMPT, PROBE_STYLES, PROTOCOLS
+from igpo_trainer.advantages import NORMS as INFO_GAIN_NORMS
 
-INFO_GAIN_TYPES = ("prob_diff", "log_prob_diff")
-INFO_GAIN_NORMS = ("joint", "separate")
-PROBE_STYLES = ("answer", "official")
+#: Env settings that are IGPOConfig fields (the trainer reads them too); env_kwargs may not set them again.
+ENV_FIELDS = ("protocol", "topk", "max_turns", "format_penalty", "no_answer_reward")
 
 
 @dataclass
@@ -101,15 +102,16 @@ class IGPOConfig(GRPOConfig):
     env_kwargs: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Extra keyword arguments for gym.make(env_id, ...), as a dict or a JSON string (CLI), e.g. "
-            '\'{"num_docs": 2000, "hops": 2, "seed": 0}\'.'
+            "help": "Extra keyword arguments for gym.make(env_id, ...), as a dict or a JSON string (CLI: "
+            "--env-kwargs or --env_kwargs), e.g. '{\"num_docs\": 2000, \"hops\": 2, \"seed\": 0}'. The env settings "
+            f"that are fields of this config ({', '.join(ENV_FIELDS)}) are set as fields, not here."
         },
     )
     protocol: str = field(
         default="tag",
         metadata={
             "help": "Action protocol: 'tag' (<search>/<answer>) or 'tool_call' (JSON tool calls).",
-            "choices": ["tag", "tool_call"],
+            "choices": list(PROTOCOLS),
         },
     )
     topk: int = field(default=3, metadata={"help": "Passages returned per search."})
@@ -156,13 +158,21 @@ class IGPOConfig(GRPOConfig):
                 self.env_kwargs = json.loads(self.env_kwargs)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"env_kwargs is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-        self.env_kwargs = dict(self.env_kwargs or {})
+        if self.env_kwargs is None:
+            self.env_kwargs = {}
         if not isinstance(self.env_kwargs, dict):
             raise ValueError(f"env_kwargs must be a JSON object, got {type(self.env_kwargs).__name__}")
+        self.env_kwargs = dict(self.env_kwargs)
+        duplicated = [name for name in ENV_FIELDS if name in self.env_kwargs]
+        if duplicated:
+            raise ValueError(
+                f"env_kwargs sets {duplicated}, which are IGPOConfig fields read by the trainer as well as the env: "
+                f"set them as fields ({', '.join(f'--{name}' for name in duplicated)}), not in env_kwargs"
+            )
         _check_choice("info_gain_type", self.info_gain_type, INFO_GAIN_TYPES)
         _check_choice("info_gain_norm", self.info_gain_norm, INFO_GAIN_NORMS)
         _check_choice("probe_style", self.probe_style, PROBE_STYLES)
-        _check_choice("protocol", self.protocol, ("tag", "tool_call"))
+        _check_choice("protocol", self.protocol, PROTOCOLS)
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if self.adv_std_floor < 0.0:

@@ -8,7 +8,7 @@ Steps: build a tiny Qwen2 (tokenizer trained on the synthetic world's texts) →
 trajectories until held-out greedy behaviour meets a criterion (`igpo_trainer.warmstart.ConvergenceCriterion`) →
 start-point diagnostics (`igpo_trainer.diagnostics`) → IGPO and GRPO training from that one start, ``--seeds`` RL
 seeds each, the same rollouts per step → held-out evaluation of the start and of every trained policy with
-`igpo_envs.cli.evaluate` (split="eval": start entities never seen in training) → ``results.md`` (mean ± std over
+`igpo_envs.evaluation.evaluate` (split="eval": start entities never seen in training) → ``results.md`` (mean ± std over
 seeds), ``results.json`` (also every seed's row) and ``curves.png`` under ``--out``.
 
 The task (`TASK`): igpo/SynthMultiHop-v0 asking one 2-hop chain, "Where was the director of <film alias> born?"
@@ -170,9 +170,9 @@ class OracleOpening:
 
 def evaluate_policy(model, tokenizer, settings: DemoSettings, *, episodes: int, seed: int = 0,
                     progress: bool = False, keep_episodes: bool = False, oracle_opening: bool = False) -> dict[str, Any]:
-    """Held-out greedy evaluation with `igpo_envs.cli.evaluate` on the eval split (``oracle_opening``: the first search
-    is the oracle's, see `OracleOpening`)."""
-    from igpo_envs.cli import evaluate
+    """Held-out greedy evaluation with `igpo_envs.evaluation.evaluate` on the eval split (``oracle_opening``: the
+    first search is the oracle's, see `OracleOpening`)."""
+    from igpo_envs.evaluation import evaluate
 
     was_training = model.training
     model.eval()

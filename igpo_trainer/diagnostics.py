@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode
 
+from igpo_envs.vector import SearchQAVectorEnv
 from igpo_trainer.rollout import (
     STOP_STRINGS,
     HFTurnGenerator,
@@ -48,35 +50,26 @@ def start_diagnostics(model, tokenizer, env, *, num_questions: int = 32, num_gen
                       probe_style: str = "answer") -> dict[str, Any]:
     """Sample ``num_generations`` rollouts for each of ``num_questions`` questions of ``env`` and measure (see the
     module docstring). Returns a flat dict of figures."""
-    from igpo_envs.env import step_batch
-
     base = env.unwrapped
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     questions = rng.choice(len(base.items), size=min(num_questions, len(base.items)), replace=False)
     indices = [int(q) for q in questions for _ in range(num_generations)]
-    envs = [base.spawn() for _ in indices]
-    turn_log: dict[int, list[dict]] = {id(e): [] for e in envs}
-
-    def logged_step_batch(batch_envs, actions):
-        results = step_batch(batch_envs, actions)
-        for e, (_, _, _, _, info) in zip(batch_envs, results):
-            turn_log[id(e)].append(info.get("action") or {})
-        return results
+    envs = SearchQAVectorEnv.from_envs([base.spawn() for _ in indices], autoreset_mode=AutoresetMode.DISABLED)
 
     model.eval()
     generate = HFTurnGenerator(model, tokenizer, sample_generation_config(tokenizer),
                                STOP_STRINGS[base.protocol], [tokenizer.eos_token_id])
-    episodes = run_episodes(envs, indices, generate, tokenizer=tokenizer, step_batch=logged_step_batch,
-                            max_turns=base.max_turns, max_turn_length=max_turn_length,
-                            max_completion_length=max_completion_length, eos_token_id=tokenizer.eos_token_id)
+    episodes = run_episodes(envs, indices, generate, tokenizer=tokenizer, max_turns=base.max_turns,
+                            max_turn_length=max_turn_length, max_completion_length=max_completion_length,
+                            eos_token_id=tokenizer.eos_token_id)
     beliefs = score_beliefs(model, tokenizer, episodes, protocol=base.protocol, probe_style=probe_style)
     assign_turn_rewards(episodes, beliefs, info_gain_type=info_gain_type)
 
     # Which search turns retrieved gold evidence: re-run each observed query (retrieval is deterministic).
     searches = []  # (episode number, turn number among observed searches, query)
-    for n, (env_, episode) in enumerate(zip(envs, episodes)):
-        observed = [a for a in turn_log[id(env_)] if a.get("kind") in ("search", "browse")][: len(episode.info_gains)]
+    for n, episode in enumerate(episodes):
+        observed = [a for a in episode.actions if a.get("kind") in ("search", "browse")][: len(episode.info_gains)]
         searches += [(n, k, a.get("argument") or "") for k, a in enumerate(observed)]
     retrieved = base.retriever.search([q for _, _, q in searches], base.topk) if searches else []
     ig_gold, ig_answer, ig_other = [], [], []
@@ -139,8 +132,15 @@ def start_diagnostics(model, tokenizer, env, *, num_questions: int = 32, num_gen
 
 def format_diagnostics(d: dict[str, Any]) -> str:
     """A small markdown table of `start_diagnostics` figures."""
-    pct = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-    num = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.4f}"
+    def missing(x) -> bool:
+        return x is None or (isinstance(x, float) and math.isnan(x))
+
+    def pct(x) -> str:
+        return "-" if missing(x) else f"{100 * x:.1f}%"
+
+    def num(x) -> str:
+        return "-" if missing(x) else f"{x:+.4f}"
+
     rows = [
         ("episodes sampled", str(d["episodes"])),
         ("EM / F1", f"{pct(d['em'])} / {pct(d['f1'])}"),

@@ -1,7 +1,7 @@
 """Batched multi-turn rollouts on the igpo envs, information-gain turn rewards, and per-token advantages.
 
 One rollout batch (prompts × G rollouts) runs turn by turn: ONE generation call for all live rollouts, ONE
-``step_batch`` call (one retriever call) for their actions, observation tokens appended to each context with loss
+`SearchQAVectorEnv` step (one retriever call) for their actions, observation tokens appended to each context with loss
 weight 0 (``env_mask`` 0), the policy's tokens with weight 1. After the episodes, the beliefs v_0..v_K of every rollout
 are scored in one packed, no-grad forward (``batch_answer_logprobs``) under the policy at rollout time; each tool turn's
 reward is its information gain and the last turn's is the env's outcome (answer F1 or the format penalty).
@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from gymnasium.vector import AutoresetMode
 
 from igpo_envs.hf_tokenizer import generated_turn, stopping_kwargs
-from igpo_envs.transcript import observation_ids, prompt_ids
 from igpo_envs.protocol import THINK_OPEN, observation_text  # noqa: F401  (re-exported: the trainer's rendering)
+from igpo_envs.transcript import observation_ids, prompt_ids
+from igpo_envs.vector import SearchQAVectorEnv
 from igpo_trainer.advantages import finite_turn_advantages
 
 # A policy turn ends at the closing tag of its action (or at EOS).
@@ -64,6 +66,7 @@ class Episode:
     gold_recall: float = float("nan")
     info_gains: list[float] = field(default_factory=list)
     turn_rewards: list[float] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)  # the env's parsed action of each turn (its info["action"])
 
     @property
     def context(self) -> list[int]:
@@ -168,12 +171,11 @@ def encode_prompt(tokenizer, prompt: str | list[dict]) -> list[int]:
 
 
 def run_episodes(
-    envs: Sequence,
+    envs: SearchQAVectorEnv | Sequence,
     question_indices: Sequence[int],
     generate: TurnGenerator,
     *,
     tokenizer,
-    step_batch,
     max_turns: int,
     max_turn_length: int,
     max_completion_length: int,
@@ -182,23 +184,31 @@ def run_episodes(
     system_prompt: str | None = None,
     force_think: bool = False,
 ) -> list[Episode]:
-    """Play one episode per env (env i on question ``question_indices[i]``), all turns batched.
+    """Play one episode per sub-env (sub-env i on question ``question_indices[i]``), all turns batched.
 
-    ``envs`` are unwrapped `SearchQAEnv` instances (``step_batch`` calls their private parse/finish steps).
-    ``step_batch(envs, actions)`` steps several envs with one retriever call. ``sync(any_live) -> bool`` (optional)
-    makes the loop continue while any process still has live episodes (needed by vLLM server mode).
+    ``envs``: a `SearchQAVectorEnv` in ``AutoresetMode.DISABLED`` with one sub-env per episode, or a sequence of
+    `SearchQAEnv` (wrapped with `SearchQAVectorEnv.from_envs`). Every turn is ONE ``generate`` call for the live
+    episodes and ONE ``envs.step`` (one retriever call). ``sync(any_live) -> bool`` (optional) makes the loop
+    continue while any process still has live episodes (needed by vLLM server mode).
     ``system_prompt`` (optional) opens the chat before the task prompt. ``force_think`` writes ``<think>`` at the
     start of every policy turn, as the official IGPO rollouts do: context, not trained, and part of the turn's text
     for the env; beliefs are scored before it (the official probe opens its own ``<think>``).
     """
+    if isinstance(envs, SearchQAVectorEnv):
+        if envs.autoreset_mode != AutoresetMode.DISABLED:
+            raise ValueError(f"run_episodes needs a vector env with autoreset_mode=DISABLED, got {envs.autoreset_mode}")
+        venv = envs
+    else:
+        venv = SearchQAVectorEnv.from_envs(envs, autoreset_mode=AutoresetMode.DISABLED)
+    if len(question_indices) != venv.num_envs:
+        raise ValueError(f"got {len(question_indices)} question indices for {venv.num_envs} sub-envs")
     think_ids = tokenizer(THINK_OPEN, add_special_tokens=False)["input_ids"] if force_think else []
+    observations, _ = venv.reset(options={"question_index": [int(i) for i in question_indices]})
     episodes = []
-    for env, index in zip(envs, question_indices, strict=True):
-        observation, _ = env.reset(options={"question_index": int(index)})
-        item = env.unwrapped.item
+    for env, observation, index in zip(venv.envs, observations, question_indices):
         prompt = observation if system_prompt is None else [
             {"role": "system", "content": system_prompt}, {"role": "user", "content": observation}]
-        episode = Episode(encode_prompt(tokenizer, prompt), tuple(item.golden_answers), int(index))
+        episode = Episode(encode_prompt(tokenizer, prompt), tuple(env.item.golden_answers), int(index))
         episode.belief_boundaries.append(len(episode.prompt_ids))  # v_0: the question only
         episode.prompt_ids += think_ids  # the first turn's forced <think> belongs to the prompt
         episodes.append(episode)
@@ -209,19 +219,22 @@ def run_episodes(
             break
         budgets = [max_completion_length - len(episodes[i].completion_ids) for i in live]
         outputs = generate([episodes[i].context for i in live], min(max_turn_length, max([1, *budgets])))
-        actions = []
+        actions = [""] * len(episodes)  # an episode this loop ended early ends its sub-env with a (ignored) bad turn
         for i, budget, (ids, logprobs) in zip(live, budgets, outputs, strict=True):
             if len(ids) >= budget:  # the completion is full: this turn is the last, cut to what fits
                 ids, logprobs = ids[:budget], (logprobs[:budget] if logprobs is not None else None)
                 episodes[i].budget_exhausted = True
             episodes[i].add_tokens(ids, policy_turn=turn, logprobs=logprobs)
             episodes[i].num_turns += 1
-            actions.append((THINK_OPEN if force_think else "") + tokenizer.decode(ids, skip_special_tokens=True))
-        results = step_batch([envs[i] for i in live], actions) if live else []
-        for i, (observation, reward, terminated, truncated, info) in zip(live, results, strict=True):
-            _record_step(episodes[i], observation, reward, terminated, truncated, info, tokenizer,
+            actions[i] = (THINK_OPEN if force_think else "") + tokenizer.decode(ids, skip_special_tokens=True)
+        if not live:
+            continue
+        observations, rewards, terminations, truncations, _ = venv.step(actions)
+        for i in live:
+            _record_step(episodes[i], observations[i], float(rewards[i]), bool(terminations[i]),
+                         bool(truncations[i]), venv.last_infos[i], tokenizer,
                          max_completion_length=max_completion_length, eos_token_id=eos_token_id,
-                         last_turn=turn == max_turns - 1, no_answer_reward=envs[i].no_answer_reward,
+                         last_turn=turn == max_turns - 1, no_answer_reward=venv.envs[i].no_answer_reward,
                          next_turn_ids=think_ids)
     return episodes
 
@@ -229,6 +242,7 @@ def run_episodes(
 def _record_step(episode, observation, reward, terminated, truncated, info, tokenizer, *,
                  max_completion_length, eos_token_id, last_turn, no_answer_reward=0.0, next_turn_ids=()):
     action = info.get("action") or {}
+    episode.actions.append(action)
     if action.get("kind") in ("search", "browse"):
         episode.num_searches += 1
     if not (terminated or truncated):

@@ -30,11 +30,13 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from gymnasium.vector import AutoresetMode
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from igpo_envs.hf_tokenizer import load_tokenizer
 from igpo_envs.protocol import THINK_OPEN
+from igpo_envs.vector import SearchQAVectorEnv
 from igpo_trainer.config import IGPOConfig
 from igpo_trainer.rollout import (
     STOP_STRINGS,
@@ -50,6 +52,8 @@ from igpo_trainer.rollout import (
 )
 
 QUESTION_COLUMN = "question_index"
+#: How many rollout batches `IGPOTrainer.rollout_history` keeps.
+ROLLOUT_HISTORY = 1000
 
 
 def outcome_reward(completions, igpo_outcome, **kwargs) -> list[float | None]:
@@ -113,10 +117,13 @@ class IGPOTrainer(GRPOTrainer):
             the reference model from ``model.config._name_or_path``, so tiny models must be saved to disk.
         args: an `IGPOConfig`.
         env: the igpo env to train on (default ``gym.make(args.env_id, **args.env_make_kwargs())``). Rollouts use
-            copies made by ``env_factory``; all rollouts of a turn are stepped with ``igpo_envs.env.step_batch``.
+            copies made by ``env_factory``, stepped together through one `SearchQAVectorEnv` (one retriever
+            call per turn for the whole batch). Its protocol must be ``args.protocol``.
         train_dataset: rows with a ``question_index`` column into ``env.unwrapped.items`` (default: every question).
         env_factory: callable returning a fresh env for one rollout (default: `clone_env` of ``env``, which shares
             its corpus and retriever).
+        quantization_config: a ``BitsAndBytesConfig`` for a model given by name (``--load_in_4bit`` / ``--load_in_8bit``
+            in ``igpo-train``), passed to `GRPOTrainer`.
         Other arguments are passed to `GRPOTrainer`.
     """
 
@@ -135,14 +142,23 @@ class IGPOTrainer(GRPOTrainer):
         callbacks=None,
         optimizers=(None, None),
         peft_config=None,
+        quantization_config=None,
     ):
         if args is None:
             raise ValueError("IGPOTrainer needs an IGPOConfig (args=IGPOConfig(...))")
         if not isinstance(args, IGPOConfig):
             raise TypeError(f"args must be an IGPOConfig, got {type(args).__name__}")
         self.env = env if env is not None else make_env(args)
+        env_protocol = getattr(self.env.unwrapped, "protocol", None)
+        if env_protocol != args.protocol:
+            raise ValueError(
+                f"the env speaks protocol {env_protocol!r} but args.protocol is {args.protocol!r}: turns would stop at "
+                f"the wrong closing tags and beliefs be probed in the wrong format; build the env with "
+                f"protocol={args.protocol!r} (as make_env(args) does) or set IGPOConfig(protocol={env_protocol!r})"
+            )
         self._env_factory = env_factory or (lambda: clone_env(self.env))
         self._env_pool = [self.env.unwrapped]
+        self._rollout_envs: SearchQAVectorEnv | None = None
         if train_dataset is None:
             train_dataset = question_dataset(self.env)
         if QUESTION_COLUMN not in train_dataset.column_names:
@@ -161,7 +177,8 @@ class IGPOTrainer(GRPOTrainer):
         self._rollout_rows: list[dict] = []
         self._ig_seconds: float | None = None
         self._warned_nonfinite = False  # a non-finite reward is reported once per run (and counted every step)
-        self.rollout_history: list[list[int]] = []  # question indices of each rollout batch (data-order checks)
+        #: Question indices of the last `ROLLOUT_HISTORY` rollout batches, oldest first (data-order checks).
+        self.rollout_history: list[list[int]] = []
         super().__init__(
             model=model,
             reward_funcs=[outcome_reward],
@@ -172,16 +189,21 @@ class IGPOTrainer(GRPOTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
             peft_config=peft_config,
+            quantization_config=quantization_config,
             rollout_func=self._rollout,
         )
 
     # ---------------------------------------------------------------------------------------------------------------
     # Rollout (TRL's rollout_func hook)
     # ---------------------------------------------------------------------------------------------------------------
-    def _envs(self, n: int) -> list:
+    def _rollout_env(self, n: int) -> SearchQAVectorEnv:
+        """The vector env the rollouts of a batch step through: ``n`` sub-envs from the pool (grown with
+        ``env_factory`` when a batch needs more), autoreset disabled so finished episodes are left alone."""
         while len(self._env_pool) < n:
             self._env_pool.append(self._env_factory().unwrapped)
-        return self._env_pool[:n]
+        if self._rollout_envs is None or self._rollout_envs.num_envs != n:
+            self._rollout_envs = SearchQAVectorEnv.from_envs(self._env_pool[:n], autoreset_mode=AutoresetMode.DISABLED)
+        return self._rollout_envs
 
     def _sync_live(self, any_live: bool) -> bool:
         """Whether any process still has live episodes (all processes must make the same vLLM-server calls)."""
@@ -191,22 +213,20 @@ class IGPOTrainer(GRPOTrainer):
         return bool(self.accelerator.gather(flags).sum().item() > 0)
 
     def _rollout(self, prompts: list, trainer) -> dict[str, Any]:
-        from igpo_envs.env import step_batch
-
         args: IGPOConfig = self.args
         rows = self._rollout_rows
         if len(rows) != len(prompts):
             raise RuntimeError(f"rollout got {len(prompts)} prompts but {len(rows)} dataset rows")
         indices = [int(row[QUESTION_COLUMN]) for row in rows]
         self.rollout_history.append(indices)
-        envs = self._envs(len(indices))
+        del self.rollout_history[:-ROLLOUT_HISTORY]
+        envs = self._rollout_env(len(indices))
         tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
         play = partial(
             run_episodes,
             envs,
             indices,
             tokenizer=tokenizer,
-            step_batch=step_batch,
             max_turns=args.max_turns,
             max_turn_length=args.turn_length,
             max_completion_length=args.max_completion_length,

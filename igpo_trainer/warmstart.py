@@ -174,7 +174,7 @@ class ConvergenceCriterion:
 
 
 def reading_figures(records: Sequence[dict[str, Any]], num_gold: int) -> dict[str, float]:
-    """Protocol validity, answer-copy and query-copy accuracy of held-out episode records (`igpo_envs.cli.evaluate`'s
+    """Protocol validity, answer-copy and query-copy accuracy of held-out episode records (`igpo_envs.evaluation.evaluate`'s
     ``per_episode``) of questions with ``num_gold`` gold passages each."""
     full = [r for r in records if r["gold_recall"] is not None and r["gold_recall"] >= 1.0]
     found_first = [r for r in records if r["gold_recall"] is not None and r["gold_recall"] * num_gold >= 1 - 1e-9]
@@ -212,7 +212,7 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
     plans. ``warmup_steps``: linear learning-rate warm-up.
 
     Without ``evaluate``, trains ``epochs`` epochs. With ``evaluate`` (model -> held-out greedy episode records, as
-    `igpo_envs.cli.evaluate` returns them in ``per_episode``) it trains until ``criterion`` holds (see
+    `igpo_envs.evaluation.evaluate` returns them in ``per_episode``) it trains until ``criterion`` holds (see
     `ConvergenceCriterion`; its ``max_epochs`` is the cap and ``epochs`` is ignored) and reports every check.
 
     Returns a summary: demonstration stats, final training loss, seconds, and with ``evaluate`` the criterion, whether

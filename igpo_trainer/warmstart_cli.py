@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from igpo_envs.protocol import PROTOCOLS
+
 
 @dataclass
 class WarmStartArguments:
@@ -34,10 +36,11 @@ class WarmStartArguments:
     )
     env_kwargs: str | None = field(
         default=None,
-        metadata={"help": 'Extra gym.make arguments as a JSON object, e.g. \'{"corpus": "c.jsonl"}\'.'},
+        metadata={"help": 'Extra gym.make arguments as a JSON object, e.g. \'{"corpus": "c.jsonl"}\' (--env-kwargs '
+                  "or --env_kwargs; protocol, topk and max_turns are flags of their own)."},
     )
     protocol: str = field(
-        default="tag", metadata={"help": "Action protocol of the demonstrations.", "choices": ["tag", "tool_call"]}
+        default="tag", metadata={"help": "Action protocol of the demonstrations.", "choices": list(PROTOCOLS)}
     )
     topk: int = field(default=3, metadata={"help": "Passages per search (use the value you will train with)."})
     max_turns: int = field(default=10, metadata={"help": "Env turn limit (must exceed the evidence count)."})
@@ -58,13 +61,17 @@ class WarmStartArguments:
 
 
 def env_make_kwargs(args: WarmStartArguments) -> dict[str, Any]:
-    """``gym.make`` arguments: protocol, topk and max_turns, overridden by ``--env_kwargs``."""
+    """``gym.make`` arguments: the protocol, topk and max_turns flags plus ``--env-kwargs`` (which may not set them
+    again: one value for the env and for the demonstrations)."""
     try:
         extra = json.loads(args.env_kwargs) if args.env_kwargs else {}
     except json.JSONDecodeError as exc:
         raise ValueError(f"--env_kwargs is not valid JSON: {exc.msg} at position {exc.pos}") from None
     if not isinstance(extra, dict):
         raise ValueError(f"--env_kwargs must be a JSON object, got {type(extra).__name__}")
+    duplicated = [name for name in ("protocol", "topk", "max_turns") if name in extra]
+    if duplicated:
+        raise ValueError(f"--env-kwargs sets {duplicated}: use the flags {', '.join(f'--{n}' for n in duplicated)}")
     return {"protocol": args.protocol, "topk": args.topk, "max_turns": args.max_turns, **extra}
 
 

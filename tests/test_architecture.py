@@ -19,9 +19,6 @@ KNOWN_CYCLES = {
     frozenset({"igpo_envs.search.server", "igpo_envs.search.ray_serve"}),  # --ray entry point inside the server
 }
 KNOWN_PRIVATE_IMPORTS = {
-    ("benchmarks.ig_scoring", "igpo_envs.information_gain.packed", "_prepare_row"),  # needs a public probe-pass API
-    ("benchmarks.ig_scoring", "igpo_envs.information_gain.packed", "_probe_pass"),
-    ("benchmarks.ig_scoring", "igpo_envs.information_gain.packed", "_rollout_pass"),
     ("benchmarks.learning_curve", "igpo_trainer.demo", "_pick"),
 }
 KNOWN_SYS_PATH_HACKS = {"benchmarks.dense_retrieval", "benchmarks.synthetic_difficulty"}

@@ -147,7 +147,8 @@ def test_seed_summary_and_conclusions():
 
     rows = [{"policy": p, "seed": s, "em": em, "f1": em, "searches": 2.0, "gold_recall": 0.9, "format_error_rate": 0.0,
              "turns": 3.0, "seconds": 10.0, "zero_adv_group_frac": z}
-            for p, z, ems in (("IGPO", 0.0, (0.5, 0.4, 0.6)), ("GRPO", 0.5, (0.3, 0.4, 0.2))) for s, em in enumerate(ems)]
+            for p, z, ems in (("IGPO", 0.0, (0.5, 0.4, 0.6)), ("GRPO", 0.5, (0.3, 0.4, 0.2)))
+            for s, em in enumerate(ems)]
     igpo = seed_summary("IGPO", [r for r in rows if r["policy"] == "IGPO"])
     assert igpo["seeds"] == 3 and igpo["em"] == pytest.approx(0.5) and igpo["em_std"] == pytest.approx(0.0816, abs=1e-3)
     assert "| IGPO | 3 | 50.0 ± 8.2 |" in results_table([igpo])
@@ -170,7 +171,6 @@ def test_warmstart_renders_trajectories_like_rollouts():
     """A scripted trajectory's tokens equal what run_episodes builds for the same turns; loss only on policy turns."""
     import tempfile
 
-    from igpo_envs.env import step_batch
     from igpo_envs.hf_tokenizer import load_tokenizer
     from igpo_trainer.demo import QUICK, build_model, make_train_env
     from igpo_trainer.rollout import run_episodes
@@ -192,7 +192,7 @@ def test_warmstart_renders_trajectories_like_rollouts():
             self.turn += 1
             return [(ids, None) for _ in contexts]
 
-    (episode,) = run_episodes([env.unwrapped.spawn()], [0], Scripted(), tokenizer=tokenizer, step_batch=step_batch,
+    (episode,) = run_episodes([env.unwrapped.spawn()], [0], Scripted(), tokenizer=tokenizer,
                               max_turns=QUICK.max_turns, max_turn_length=64, max_completion_length=4096,
                               eos_token_id=tokenizer.eos_token_id)
     assert rendered["input_ids"] == episode.prompt_ids + episode.completion_ids

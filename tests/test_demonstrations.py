@@ -39,7 +39,6 @@ def tiny_dir(tmp_path_factory):
 
 def rollout_of_actions(env, index, actions, tokenizer):
     """What `igpo-train`'s episode loop builds when the policy writes ``actions`` on question ``index``."""
-    from igpo_envs.env import step_batch
     from igpo_trainer.rollout import run_episodes
 
     turn = iter(actions)
@@ -48,7 +47,7 @@ def rollout_of_actions(env, index, actions, tokenizer):
         ids = tokenizer(next(turn), add_special_tokens=False)["input_ids"]
         return [(ids, None) for _ in contexts]
 
-    (episode,) = run_episodes([env.unwrapped.spawn()], [index], scripted, tokenizer=tokenizer, step_batch=step_batch,
+    (episode,) = run_episodes([env.unwrapped.spawn()], [index], scripted, tokenizer=tokenizer,
                               max_turns=env.unwrapped.max_turns, max_turn_length=256, max_completion_length=8192,
                               eos_token_id=tokenizer.eos_token_id)
     return episode
@@ -123,3 +122,12 @@ def test_warmstart_command_end_to_end(tiny_dir, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
     # bad input gets a clear message, not a traceback
     assert main(["--model", str(tiny_dir), "--out", str(tmp_path / "x"), "--train_questions", "5,999"]) == 2
+
+
+def test_warmstart_env_settings_have_one_spelling():
+    from igpo_trainer.warmstart_cli import WarmStartArguments, env_make_kwargs
+
+    args = WarmStartArguments(model="m", out="o", env_kwargs='{"corpus": "c.jsonl"}', topk=2)
+    assert env_make_kwargs(args) == {"protocol": "tag", "topk": 2, "max_turns": 10, "corpus": "c.jsonl"}
+    with pytest.raises(ValueError, match=r"--env-kwargs sets \['topk'\]: use the flags --topk"):
+        env_make_kwargs(WarmStartArguments(model="m", out="o", env_kwargs='{"topk": 5}'))

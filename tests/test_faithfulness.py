@@ -9,9 +9,9 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from igpo_envs.protocol import OFFICIAL_SYSTEM_PROMPT, THINK_OPEN, answer_probe, parse_action  # noqa: E402
-from igpo_trainer.rollout import VLLMTurnGenerator  # noqa: E402
-from igpo_trainer.trainer import dropped_sequences, outcome_reward  # noqa: E402
+from igpo_envs.protocol import OFFICIAL_SYSTEM_PROMPT, THINK_OPEN, answer_probe, parse_action
+from igpo_trainer.rollout import VLLMTurnGenerator
+from igpo_trainer.trainer import dropped_sequences, outcome_reward
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def test_vllm_turn_limit_is_the_configs_turn_length(monkeypatch):
     budget has left), never the whole completion budget."""
     from conftest import KeywordRetriever
 
-    from igpo_envs.env import SearchQAEnv, step_batch
+    from igpo_envs.env import SearchQAEnv
     from igpo_envs.types import Passage, QAItem
     from igpo_trainer.rollout import run_episodes
 
@@ -107,7 +107,7 @@ def test_vllm_turn_limit_is_the_configs_turn_length(monkeypatch):
                       retriever=KeywordRetriever([Passage("d0", "Film 0", "Film 0 was directed by Person 0.")]),
                       max_turns=3, topk=1)
     (episode,) = run_episodes([env], [0], VLLMTurnGenerator(SimpleNamespace(vllm_generation=generation)),
-                              tokenizer=Tokenizer(), step_batch=step_batch, max_turns=3, max_turn_length=16,
+                              tokenizer=Tokenizer(), max_turns=3, max_turn_length=16,
                               max_completion_length=60, eos_token_id=0)
     asked = [p["max_tokens"] for p in RecordingSamplingParams.made]
     assert asked[0] == 16 and all(n <= 16 for n in asked) and len(asked) == episode.num_turns

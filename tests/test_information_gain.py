@@ -9,7 +9,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from igpo_envs.protocol import observation_text  # noqa: E402
 from igpo_envs.information_gain import (  # noqa: E402
     InformationGainScorer,
     answer_logprobs,
@@ -25,6 +24,7 @@ from igpo_envs.information_gain import (  # noqa: E402
     tokenize_history,
     tokenize_probe,
 )
+from igpo_envs.protocol import observation_text  # noqa: E402
 
 VOCAB = 100
 ATOL = 1e-4
@@ -76,6 +76,18 @@ def test_packed_equals_per_prefix_passes(model, method):
     assert got.shape == (4,) and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
     assert expected.max() - expected.min() > 1e-2  # the beliefs really depend on the prefix
+
+
+def test_cached_rollout_scores_its_probes_again_and_again(model):
+    """The public split of method="cached" (what benchmarks/ig_scoring.py times apart): the same beliefs as separate
+    passes, also on a second call against the same cache."""
+    from igpo_envs.information_gain.packed import CachedRollout, cached_probe_logprobs
+
+    seq, bounds = rand_ids(50, 5), [3, 20, 50]
+    expected = per_prefix_answer_logprobs(model, seq, bounds, PROBE, PROBE_MASK)
+    cached = CachedRollout(model, seq, bounds, PROBE, PROBE_MASK)
+    for _ in range(2):
+        torch.testing.assert_close(cached_probe_logprobs(model, cached), expected, atol=ATOL, rtol=0)
 
 
 def test_reference_is_sensitive_to_the_prefix(model):

@@ -8,14 +8,14 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from conftest import KeywordRetriever  # noqa: E402  (the shared in-test retriever: word overlap)
+from conftest import KeywordRetriever
 
-from igpo_envs.env import SearchQAEnv, step_batch  # noqa: E402
-from igpo_envs.protocol import format_observation, render_prompt  # noqa: E402
-from igpo_envs.types import Passage, QAItem  # noqa: E402
-from igpo_trainer import IGPOConfig, IGPOTrainer  # noqa: E402
-from igpo_trainer.advantages import turn_advantages  # noqa: E402
-from igpo_trainer.rollout import (  # noqa: E402
+from igpo_envs.env import SearchQAEnv
+from igpo_envs.protocol import format_observation, render_prompt
+from igpo_envs.types import Passage, QAItem
+from igpo_trainer import IGPOConfig, IGPOTrainer
+from igpo_trainer.advantages import turn_advantages
+from igpo_trainer.rollout import (
     assign_turn_rewards,
     broadcast_turn_advantages,
     encode_prompt,
@@ -189,7 +189,7 @@ def test_constructed_rollout_masks_observations_and_broadcasts_turn_advantages(t
     envs = [make_world_env() for _ in range(2)]
     policy = ScriptedPolicy(tokenizer, ["<search> Film 3 </search>", "<answer> Person 3 </answer>"])
     episodes = run_episodes(
-        envs, [3, 5], policy, tokenizer=tokenizer, step_batch=step_batch, max_turns=3, max_turn_length=24,
+        envs, [3, 5], policy, tokenizer=tokenizer, max_turns=3, max_turn_length=24,
         max_completion_length=400, eos_token_id=tokenizer.eos_token_id,
     )
     assert policy.calls == [2, 2]  # one batched generation call per turn for all live rollouts
@@ -227,7 +227,7 @@ def test_format_error_and_token_budget_end_episodes(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     bad = run_episodes(
         [make_world_env()], [1], ScriptedPolicy(tokenizer, ["Film 1 please"]), tokenizer=tokenizer,
-        step_batch=step_batch, max_turns=3, max_turn_length=24, max_completion_length=400,
+        max_turns=3, max_turn_length=24, max_completion_length=400,
         eos_token_id=tokenizer.eos_token_id,
     )[0]
     assert bad.done and bad.format_error and bad.outcome == -2.0 and bad.num_turns == 1
@@ -236,7 +236,7 @@ def test_format_error_and_token_budget_end_episodes(tiny_model_dir):
     search_ids = tokenizer("<search> Film 1 </search>", add_special_tokens=False)["input_ids"]
     full = run_episodes(
         [make_world_env()], [1], ScriptedPolicy(tokenizer, ["<search> Film 1 </search>"] * 3), tokenizer=tokenizer,
-        step_batch=step_batch, max_turns=3, max_turn_length=24, max_completion_length=len(search_ids) + 3,
+        max_turns=3, max_turn_length=24, max_completion_length=len(search_ids) + 3,
         eos_token_id=tokenizer.eos_token_id,
     )[0]
     # no room for the observation: the episode ends without an answer (the format penalty by default, as the
@@ -246,7 +246,7 @@ def test_format_error_and_token_budget_end_episodes(tiny_model_dir):
     assert not full.format_error  # the search itself was well formed: the penalty is for never answering
     lenient = run_episodes(
         [make_world_env(no_answer_reward=0.0)], [1], ScriptedPolicy(tokenizer, ["<search> Film 1 </search>"] * 3),
-        tokenizer=tokenizer, step_batch=step_batch, max_turns=3, max_turn_length=24,
+        tokenizer=tokenizer, max_turns=3, max_turn_length=24,
         max_completion_length=len(search_ids) + 3, eos_token_id=tokenizer.eos_token_id,
     )[0]
     assert lenient.budget_exhausted and lenient.outcome == 0.0  # the named option restores "no answer = 0"
@@ -260,7 +260,7 @@ def test_running_out_of_turns_without_an_answer_gets_the_no_answer_reward(tiny_m
     env = make_world_env(max_turns=2, no_answer_reward=no_answer_reward)
     (episode,) = run_episodes(
         [env], [1], ScriptedPolicy(tokenizer, ["<search> Film 1 </search>"] * 2), tokenizer=tokenizer,
-        step_batch=step_batch, max_turns=2, max_turn_length=24, max_completion_length=400,
+        max_turns=2, max_turn_length=24, max_completion_length=400,
         eos_token_id=tokenizer.eos_token_id,
     )
     assert episode.done and episode.num_turns == 2 and episode.num_searches == 2 and not episode.format_error
@@ -282,7 +282,7 @@ def test_force_think_and_system_prompt_shape_the_rollout(tiny_model_dir):
     think = tokenizer(THINK_OPEN, add_special_tokens=False)["input_ids"]
     turns = [" plan </think> <search> Film 3 </search>", " done </think> <answer> Person 3 </answer>"]
     (episode,) = run_episodes(
-        [make_world_env()], [3], ScriptedPolicy(tokenizer, turns), tokenizer=tokenizer, step_batch=step_batch,
+        [make_world_env()], [3], ScriptedPolicy(tokenizer, turns), tokenizer=tokenizer,
         max_turns=3, max_turn_length=24, max_completion_length=400, eos_token_id=tokenizer.eos_token_id,
         system_prompt="You are a careful researcher.", force_think=True,
     )
@@ -300,7 +300,7 @@ def test_force_think_and_system_prompt_shape_the_rollout(tiny_model_dir):
     # without force_think a turn that writes no <think> is fine; with it, a turn that never closes it is malformed
     (unclosed,) = run_episodes(
         [make_world_env()], [3], ScriptedPolicy(tokenizer, ["<search> Film 3 </search>"]), tokenizer=tokenizer,
-        step_batch=step_batch, max_turns=3, max_turn_length=24, max_completion_length=400,
+        max_turns=3, max_turn_length=24, max_completion_length=400,
         eos_token_id=tokenizer.eos_token_id, force_think=True,
     )
     assert unclosed.format_error and unclosed.outcome == -2.0
@@ -309,8 +309,12 @@ def test_force_think_and_system_prompt_shape_the_rollout(tiny_model_dir):
 # ---------------------------------------------------------------------------------------------------------------------
 # End to end with TRL
 # ---------------------------------------------------------------------------------------------------------------------
-def test_igpo_steps_change_weights_log_finite_metrics_and_use_turn_advantages(synth_model_dir, tmp_path):
+def test_igpo_steps_change_weights_log_finite_metrics_and_use_turn_advantages(synth_model_dir, tmp_path,
+                                                                               monkeypatch):
     """A few IGPO steps on igpo/SynthMultiHop-v0 (built from the config's env_id/env_kwargs) with a tiny local model."""
+    import igpo_trainer.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "ROLLOUT_HISTORY", 1)  # the history keeps the last batches only
     args = make_config(tmp_path, env_id="igpo/SynthMultiHop-v0", env_kwargs=SYNTH, topk=1, max_completion_length=160,
                        max_turn_length=32)
     trainer = IGPOTrainer(model=str(synth_model_dir), args=args)
@@ -319,6 +323,7 @@ def test_igpo_steps_change_weights_log_finite_metrics_and_use_turn_advantages(sy
     trainer.train()
     after = trainer.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "no weight changed"
+    assert len(trainer.rollout_history) == 1 and len(trainer.rollout_history[0]) == len(captured[-1][0])
 
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2
@@ -365,7 +370,8 @@ def trl_grpo_advantages(rewards, G, scale_rewards="group", weight=1.0):
     return (r - mean) / (std + 1e-4)
 
 
-@pytest.mark.parametrize("options", [{}, {"scale_rewards": "none", "reward_weights": [2.0]}, {"scale_rewards": "batch"}])
+@pytest.mark.parametrize("options", [{}, {"scale_rewards": "none", "reward_weights": [2.0]},
+                                     {"scale_rewards": "batch"}])
 def test_information_gain_off_gives_trls_grpo_advantages(tiny_model_dir, tmp_path, options):
     """use_information_gain=False is multi-turn GRPO exactly as TRL computes it: TRL's statistics (Bessel-corrected
     std + 1e-4, not IGPO's population std), and TRL's scale_rewards and reward_weights honoured."""
@@ -582,3 +588,71 @@ def test_cli_trains_on_the_synthetic_env_and_resumes_latest(tmp_path):
     logs = [h for h in state["log_history"] if "igpo/f1" in h]
     assert [h["step"] for h in logs] == [1, 2]  # the resumed run kept step 1's log and added step 2
     assert all(math.isfinite(h["igpo/format_error"]) and math.isfinite(h["reward"]) for h in logs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One stepping API and one spelling per setting
+# ---------------------------------------------------------------------------------------------------------------------
+def test_run_episodes_steps_through_a_vector_env_with_one_search_per_turn(tiny_model_dir):
+    from gymnasium.vector import AutoresetMode
+    from transformers import AutoTokenizer
+
+    from igpo_envs.vector import SearchQAVectorEnv
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    retriever = KeywordRetriever(PASSAGES)
+    envs = [SearchQAEnv(ITEMS, retriever=retriever, topk=2) for _ in range(3)]
+    venv = SearchQAVectorEnv.from_envs(envs, autoreset_mode=AutoresetMode.DISABLED)
+    policy = ScriptedPolicy(tokenizer, ["<search> Film 3 </search>", "<answer> Person 3 </answer>"])
+    episodes = run_episodes(venv, [3, 3, 5], policy, tokenizer=tokenizer, max_turns=3, max_turn_length=24,
+                            max_completion_length=400, eos_token_id=tokenizer.eos_token_id)
+    assert retriever.calls == [["Film 3"] * 3]  # the first turn's three searches: one retriever call
+    assert [e.actions[0]["kind"] for e in episodes] == ["search"] * 3 and all(e.done for e in episodes)
+    assert [e.actions[1] for e in episodes][0] == {"kind": "answer", "argument": "Person 3", "error": None}
+    with pytest.raises(ValueError, match="DISABLED"):
+        run_episodes(SearchQAVectorEnv.from_envs(envs), [3, 3, 5], policy, tokenizer=tokenizer, max_turns=3,
+                     max_turn_length=24, max_completion_length=400, eos_token_id=tokenizer.eos_token_id)
+    with pytest.raises(ValueError, match="3 sub-envs"):
+        run_episodes(venv, [3], policy, tokenizer=tokenizer, max_turns=3, max_turn_length=24,
+                     max_completion_length=400, eos_token_id=tokenizer.eos_token_id)
+
+
+def test_env_settings_have_one_spelling_and_choices_come_from_their_owners():
+    import dataclasses
+
+    from igpo_envs.information_gain.formulas import INFO_GAIN_TYPES
+    from igpo_envs.protocol import PROBE_STYLES, PROTOCOLS
+    from igpo_trainer.advantages import NORMS
+
+    common = dict(output_dir="/tmp/unused", use_cpu=True, num_generations=4, per_device_train_batch_size=8)
+    with pytest.raises(ValueError, match=r"env_kwargs sets \['protocol', 'topk'\].*--protocol, --topk"):
+        IGPOConfig(env_kwargs={"topk": 2, "protocol": "tool_call", "hops": 2}, **common)
+    with pytest.raises(ValueError, match="env_kwargs must be a JSON object, got list"):
+        IGPOConfig(env_kwargs="[1]", **common)
+    assert IGPOConfig(env_kwargs='{"hops": 2}', topk=2, **common).env_make_kwargs()["topk"] == 2
+    fields = {f.name: f.metadata for f in dataclasses.fields(IGPOConfig)}
+    assert fields["protocol"]["choices"] == list(PROTOCOLS)
+    assert fields["probe_style"]["choices"] == list(PROBE_STYLES)
+    assert fields["info_gain_type"]["choices"] == list(INFO_GAIN_TYPES)
+    assert fields["info_gain_norm"]["choices"] == list(NORMS)
+
+
+def test_trainer_refuses_an_env_speaking_another_protocol(tmp_path):
+    env = SearchQAEnv(ITEMS, retriever=KeywordRetriever(PASSAGES), protocol="tool_call")
+    args = IGPOConfig(output_dir=str(tmp_path), use_cpu=True, num_generations=4, per_device_train_batch_size=8,
+                      report_to="none", protocol="tag")
+    with pytest.raises(ValueError, match="env speaks protocol 'tool_call' but args.protocol is 'tag'"):
+        IGPOTrainer(model=str(tmp_path / "never-loaded"), args=args, env=env)
+
+
+def test_train_cli_env_kwargs_spellings_and_quantization_refused_clearly(tmp_path, capsys):
+    from igpo_trainer.cli import main, make_parser
+
+    base = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--model_name_or_path", str(tmp_path / "m")]
+    for flag in ("--env-kwargs", "--env_kwargs"):
+        _, args, _ = make_parser().parse_args_and_config(args=[*base, flag, '{"hops": 2}'])
+        assert args.env_kwargs == {"hops": 2}
+    for flag in ("--load_in_4bit", "--load_in_8bit"):  # never silently trained unquantized
+        reasons = "quantizes with bitsandbytes|needs a CUDA GPU|loads a quantized"
+        with pytest.raises(SystemExit, match=f"{flag} ({reasons})"):
+            main([*base, flag, "true"])

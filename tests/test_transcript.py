@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from igpo_envs.env import SearchQAEnv, step_batch  # noqa: E402
+from igpo_envs.env import SearchQAEnv  # noqa: E402
 from igpo_envs.protocol import PROTOCOLS, observation_text  # noqa: E402
 from igpo_envs.transcript import (  # noqa: E402
     observation_ids,
@@ -60,7 +60,7 @@ def play_rollout(tokenizer, env, actions, **options):
     from igpo_trainer.rollout import run_episodes
 
     generate = ScriptedTurns(tokenizer, actions)
-    (episode,) = run_episodes([env], [1], generate, tokenizer=tokenizer, step_batch=step_batch, max_turns=4,
+    (episode,) = run_episodes([env], [1], generate, tokenizer=tokenizer, max_turns=4,
                               max_turn_length=64, max_completion_length=4096, eos_token_id=tokenizer.eos_token_id,
                               **options)
     return episode, [c[0] for c in generate.contexts]

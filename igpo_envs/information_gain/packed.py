@@ -315,6 +315,28 @@ def _probe_pass(model, rows: list[_Row], rollout: _RolloutPass) -> list[torch.Te
     return _mean_logprobs(logits, rows, rollout.counts)
 
 
+class CachedRollout:
+    """One rollout fed once with its KV cache kept (the first of ``method="cached"``'s two calls), whose probes
+    `cached_probe_logprobs` scores against that cache as often as asked: what IG costs on top of a forward pass over
+    the rollout that keeps its cache (``benchmarks/ig_scoring.py`` times the two apart). Arguments as
+    `answer_logprobs`."""
+
+    @torch.no_grad()
+    def __init__(self, model, input_ids, boundaries, probe_ids, score_mask):
+        self.rows = [_prepare_row(input_ids, boundaries, probe_ids, score_mask)]
+        self.rollout = _rollout_pass(model, self.rows)
+
+
+@torch.no_grad()
+def cached_probe_logprobs(model, cached: CachedRollout) -> torch.Tensor:
+    """The probe call of ``method="cached"`` on a `CachedRollout`: the same values as `answer_logprobs`. The cache
+    is cropped back to the rollout first, so repeated calls score against the rollout alone."""
+    extra = cached.rollout.cache.get_seq_length() - cached.rollout.seq_width
+    if extra:
+        cached.rollout.cache.crop(-extra)
+    return _probe_pass(model, cached.rows, cached.rollout)[0]
+
+
 def _score_cached(model, rows: list[_Row]) -> list[torch.Tensor]:
     return _probe_pass(model, rows, _rollout_pass(model, rows))
 
