@@ -6,8 +6,9 @@ with the gold answer. `play_oracle` plays that plan in the real env, in the env'
 JSON tool calls), so the observations are the retriever's real passages and the searches really retrieve what they
 retrieve; `oracle_demonstrations` turns the played episodes into SFT rows rendered exactly as `igpo-train` rollouts
 are, through `igpo_envs.transcript` (see `render_trajectory`): the chat-templated prompt, each policy turn as its own
-tokens, each observation spliced in as the trainer splices it. ``completion_mask`` is 1 on the policy's turns (and the EOS after the answer) and 0
-on the prompt and the observations, which is what TRL's SFTTrainer trains on with ``completion_only_loss=True``.
+tokens, each observation spliced in as the trainer splices it. ``completion_mask`` is 1 on the policy's turns (and
+the EOS after the answer) and 0 on the prompt and the observations, which is what TRL's SFTTrainer trains on with
+``completion_only_loss=True``.
 
 `igpo_trainer.warmstart_cli` (``igpo-warmstart``) runs the SFT on these rows for any causal LM.
 """
