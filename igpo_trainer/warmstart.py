@@ -174,8 +174,8 @@ class ConvergenceCriterion:
 
 
 def reading_figures(records: Sequence[dict[str, Any]], num_gold: int) -> dict[str, float]:
-    """Protocol validity, answer-copy and query-copy accuracy of held-out episode records (`igpo_envs.evaluation.evaluate`'s
-    ``per_episode``) of questions with ``num_gold`` gold passages each."""
+    """Protocol validity, answer-copy and query-copy accuracy of held-out episode records
+    (`igpo_envs.evaluation.evaluate`'s ``per_episode``) of questions with ``num_gold`` gold passages each."""
     full = [r for r in records if r["gold_recall"] is not None and r["gold_recall"] >= 1.0]
     found_first = [r for r in records if r["gold_recall"] is not None and r["gold_recall"] * num_gold >= 1 - 1e-9]
     nan = float("nan")
