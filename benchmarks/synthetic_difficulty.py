@@ -17,10 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from env_throughput import write_section  # noqa: E402
+from env_throughput import write_section  # a sibling script: `python benchmarks/...` puts benchmarks/ on the path
 
-from igpo_envs.tasks.synthetic import get_retriever, get_world, search_success  # noqa: E402
+from igpo_envs.tasks.synthetic import get_retriever, get_world, search_success
 
 SECTION = "## SynthMultiHop-v0 search difficulty"
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["ENGINES", "BM25Retriever", "HTTPRetriever", "Retriever", "RetrieverError", "make_retriever"]
 
 
-_SCALE_EXPORTS = {"open_index": "igpo_envs.search.index_cli", "TantivyRetriever": "igpo_envs.search.tantivy_index",
+_SCALE_EXPORTS = {"open_index": "igpo_envs.search.index", "TantivyRetriever": "igpo_envs.search.tantivy_index",
                   "RayRetrieverPool": "igpo_envs.search.ray_pool", "DenseRetriever": "igpo_envs.search.dense",
                   "HybridRetriever": "igpo_envs.search.hybrid"}
 
@@ -72,7 +72,7 @@ def _local_engine(engine: str, corpus: Any, index: str | os.PathLike[str] | None
         return _dense_engine(corpus, index, kwargs)
     if engine == "hybrid":
         return _hybrid_engine(corpus, index, kwargs)
-    from igpo_envs.search.index_cli import build_index, cached_index_dir, corpus_sha256, open_index
+    from igpo_envs.search.index import build_index, cached_index_dir, corpus_sha256, open_index
 
     if index is not None:
         return open_index(index, corpus=corpus, **kwargs)
@@ -98,7 +98,7 @@ def _dense_engine(corpus: Any, index: str | os.PathLike[str] | None, kwargs: dic
 
     from igpo_envs.search.corpus import file_content_hash, iter_passages, passages_content_hash
     from igpo_envs.search.dense import DenseRetriever, build_dense_index, load_encoder
-    from igpo_envs.search.index_cli import cached_index_dir, open_index
+    from igpo_envs.search.index import cached_index_dir, open_index
 
     kwargs = dict(kwargs)
     faiss_index = kwargs.pop("faiss_index", None)

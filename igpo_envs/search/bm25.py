@@ -84,7 +84,7 @@ def _install_cached_kernels() -> None:
 
         retrieve_utils._retrieve_internal_jitted_parallel = numba.njit(parallel=True, cache=True)(renamed("_parallel"))
         retrieve_utils._retrieve_internal_jitted_serial = numba.njit(nogil=True, cache=True)(renamed("_serial"))
-    except Exception:  # noqa: BLE001 - an optimisation only
+    except Exception:
         pass
 
 
@@ -103,7 +103,7 @@ def _csc_builder():
         from bm25s.scoring import _np_csc_jit_ready
 
         return numba.njit(cache=True)(_np_csc_jit_ready)
-    except Exception:  # noqa: BLE001 - fall back to bm25s's numpy builder
+    except Exception:
         return None
 
 # The process that started numba's parallel thread pool. A child forked after that (gymnasium's AsyncVectorEnv,
@@ -381,7 +381,7 @@ class BM25Retriever:
         try:
             self._bm25 = bm25s.BM25.load(str(self.index_dir), mmap=True, load_corpus=False, show_progress=False)
             table = _read_passage_table(self.index_dir / _PASSAGES_FILE)
-        except Exception as exc:  # noqa: BLE001 - any library error on a damaged file: say which index, not how
+        except Exception as exc:
             raise IndexManifestError(f"{self.index_dir}: cannot load the bm25s index ({type(exc).__name__}: "
                                      f"{exc}); rebuild it") from exc
         self._bm25.backend = "numba"

@@ -76,7 +76,7 @@ def passage_from_record(record: Any, where: str = "record") -> Passage:
 
 
 def _open_binary(path: Path) -> BinaryIO:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def iter_passages(path: str | os.PathLike[str]) -> Iterator[Passage]:

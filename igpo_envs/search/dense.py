@@ -41,8 +41,8 @@ from igpo_envs.search.manifest import IndexManifest, IndexManifestError, read_ma
 from igpo_envs.search.passage_store import PASSAGES_FILE, PassageStore, PassageWriter
 from igpo_envs.types import Passage
 
-__all__ = ["DenseEncoder", "DenseRetriever", "EncoderConfig", "add_dense_arguments", "build_dense_index", "dense_options",
-           "import_faiss_index", "load_encoder"]
+__all__ = ["DenseEncoder", "DenseRetriever", "EncoderConfig", "add_dense_arguments", "build_dense_index",
+           "dense_options", "import_faiss_index", "load_encoder"]
 
 E5_QUERY_PREFIX = "query: "
 E5_PASSAGE_PREFIX = "passage: "
@@ -560,8 +560,8 @@ class DenseRetriever:
         index cache; later calls reuse them. ``options`` are :class:`EncoderConfig` fields and ``ef_search``,
         ``mmap``, ``num_threads``.
         """
+        from igpo_envs.search.cache import cached_index_dir
         from igpo_envs.search.corpus import file_content_hash, iter_passages
-        from igpo_envs.search.index_cli import cached_index_dir
 
         open_keys = ("mmap", "ef_search", "num_threads")
         open_options = {k: options.pop(k) for k in open_keys if k in options}

@@ -68,8 +68,8 @@ class IndexManifest:
             raise IndexManifestError(
                 f"index {str(index_dir) or '(unnamed)'} was built from corpus sha256 {self.corpus_sha256} "
                 f"({self.corpus_path or 'unknown path'}), but it is asked to serve corpus sha256 {corpus_sha256} "
-                f"({corpus_path or 'unknown path'}); rebuild it with `igpo-index build --corpus {corpus_path or 'PATH'} "
-                f"--engine {self.engine} --out DIR`"
+                f"({corpus_path or 'unknown path'}); rebuild it with "
+                f"`igpo-index build --corpus {corpus_path or 'PATH'} --engine {self.engine} --out DIR`"
             )
 
     def check_encoder(self, encoder: dict[str, Any], *, index_dir: str | Path = "") -> None:

@@ -3,8 +3,8 @@
 Each actor opens the same index directory (``igpo-index build`` output). Every engine memory-maps its index
 files (tantivy segments; bm25s's score matrix with ``mmap=True``; a dense index's FAISS vectors and passages), so
 the actors of one node share page-cache pages instead of each holding a copy. A dense actor also loads its own copy
-of the query encoder (~90 MB for MiniLM, ~440 MB for e5-base-v2) and, with one CPU, encodes with one thread. On a multi-node cluster the directory must exist at the same path on every node
-(shared filesystem or a copy per node).
+of the query encoder (~90 MB for MiniLM, ~440 MB for e5-base-v2) and, with one CPU, encodes with one thread. On a
+multi-node cluster the directory must exist at the same path on every node (shared filesystem or a copy per node).
 
 The client splits a batch of queries into chunks and spreads them over the actors. If an actor dies (killed, OOM,
 node lost) its slot gets a new actor and every chunk that was in flight on it is resubmitted, so no query is lost
@@ -33,7 +33,6 @@ from igpo_envs.search.base import RetrieverError
 from igpo_envs.search.manifest import read_manifest
 from igpo_envs.types import Passage
 
-
 #: Ray system config for a cluster that serves retrieval: keep task returns up to 4 MiB inline in the RPC reply
 #: instead of the object store (Ray's default limit is 100 KiB). A batch of 64 queries x 10 passages is ~400 KB of
 #: text; at 1M passages inlining cut Ray's cost per batch from 5.7 ms (+17%) to 0.8 ms (+2%) in
@@ -55,7 +54,7 @@ class SearcherActor:
     """One searcher process: opens the on-disk index once, then answers chunks of queries."""
 
     def __init__(self, index_dir: str, num_threads: int = 1, open_options: dict[str, Any] | None = None) -> None:
-        from igpo_envs.search.index_cli import open_index
+        from igpo_envs.search.index import open_index
 
         self.retriever = open_index(index_dir, num_threads=num_threads, **(open_options or {}))
 
@@ -110,7 +109,7 @@ class RayRetrieverPool:
         num_cpus_per_actor: Ray CPUs reserved per actor.
         actor_options: extra ``ActorClass.options(...)`` (e.g. ``{"scheduling_strategy": "SPREAD"}``, resources).
         address: passed to ``ray.init`` when Ray is not initialised yet (``None`` = local cluster, ``"auto"`` = join).
-        open_options: passed to :func:`~igpo_envs.search.index_cli.open_index` in each actor (a dense index's
+        open_options: passed to :func:`~igpo_envs.search.index.open_index` in each actor (a dense index's
             ``model=``, ``ef_search=``, ``device=``, ...).
         num_threads: search threads per actor (for a dense index: FAISS's and torch's threads); match it to
             ``num_cpus_per_actor``.
@@ -139,7 +138,7 @@ class RayRetrieverPool:
         self.index_dir = str(Path(index_dir).resolve())
         self.manifest = read_manifest(self.index_dir)
         if corpus is not None:
-            from igpo_envs.search.index_cli import corpus_sha256
+            from igpo_envs.search.index import corpus_sha256
 
             self.manifest.check_corpus(corpus_sha256(corpus), index_dir=self.index_dir, corpus_path=corpus)
         self.content_hash: str = self.manifest.corpus_sha256

@@ -5,8 +5,9 @@ replicas, each of which memory-maps the same index directory (``igpo-index build
 
     igpo-retriever --ray --replicas 4 --index indexes/wiki18-tantivy --corpus wiki-18.jsonl --port 8000
 
-Every replica's ingress is the FastAPI app of the local server (:func:`igpo_envs.search.server.create_app`), so the
-two answer every request, good or bad, alike. This module imports Ray Serve; the server imports it only for ``--ray``.
+Every replica's ingress is the FastAPI app of the local server (:func:`igpo_envs.search.app.create_app`), so the
+two answer every request, good or bad, alike. This module imports Ray Serve; ``igpo-retriever`` imports it only
+for ``--ray``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError('Ray Serve is needed: pip install "igpo[scale]" (ray[default,serve])') from exc
 
-from igpo_envs.search.server import Limits, create_app
+from igpo_envs.search.app import DEFAULT_LIMITS, Limits, create_app
 
 DEFAULT_TOPK = 3
 APP_NAME = "igpo-retriever"
@@ -31,9 +32,9 @@ class RetrieverDeployment:
     """One replica: memory-maps the index directory and answers Search-R1 requests like ``igpo-retriever``."""
 
     def __init__(self, index_dir: str, default_topk: int, corpus: str | None = None,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         from igpo_envs.search.corpus import CorpusRows
-        from igpo_envs.search.index_cli import open_index
+        from igpo_envs.search.index import open_index
 
         self.retriever = open_index(index_dir)
         self.rows = CorpusRows(corpus) if corpus is not None else None
@@ -51,14 +52,14 @@ def build_app(
     num_cpus_per_replica: float = 1,
     corpus: str | Path | None = None,
     default_topk: int = DEFAULT_TOPK,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
 ):
     """The Serve application (``Deployment.bind()``) answering ``POST /retrieve`` from ``replicas`` replicas.
 
     With ``corpus``, the index must have been built from it and documents are its rows as stored; without, they are
     ``{"id", "contents"}`` rebuilt from the index.
     """
-    from igpo_envs.search.index_cli import open_index
+    from igpo_envs.search.index import open_index
 
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
@@ -79,7 +80,7 @@ def serve_retriever(
     num_cpus_per_replica: float = 1,
     corpus: str | Path | None = None,
     default_topk: int = DEFAULT_TOPK,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     address: str | None = None,
     blocking: bool = False,
 ):
@@ -100,20 +101,3 @@ def serve_retriever(
         except KeyboardInterrupt:
             serve.shutdown()
     return handle
-
-
-def run_ray(args) -> int:
-    """``igpo-retriever --ray``: serve ``--index`` on Ray Serve until interrupted."""
-    if not args.index:
-        raise SystemExit("igpo-retriever: error: --ray needs --index DIR (build one with `igpo-index build`)")
-    if args.replicas < 1:
-        raise SystemExit(f"igpo-retriever: error: --replicas must be >= 1, got {args.replicas}")
-    from igpo_envs.search.server import limits_from_args
-
-    try:
-        serve_retriever(args.index, replicas=args.replicas, host=args.host, port=args.port, corpus=args.corpus,
-                        num_cpus_per_replica=args.cpus_per_replica, default_topk=args.topk,
-                        limits=limits_from_args(args), address=args.ray_address, blocking=True)
-    except (OSError, ValueError) as exc:  # missing index, manifest/corpus mismatch
-        raise SystemExit(f"igpo-retriever: error: {exc}") from None
-    return 0

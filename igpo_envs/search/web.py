@@ -12,7 +12,7 @@ Typical use::
 """
 
 from igpo_envs.protocol import PROMPT_TEMPLATES
-from igpo_envs.search.browse import Browser, BrowseError, extract_text, truncate_tokens
+from igpo_envs.search.browse import BrowseError, Browser, extract_text, truncate_tokens
 from igpo_envs.search.url_safety import UnsafeURLError, address_problem, check_url, resolve_url
 from igpo_envs.search.web_search import (
     DEFAULT_CACHE_TTL,
@@ -22,7 +22,6 @@ from igpo_envs.search.web_search import (
     WebSearchRetriever,
     default_cache_dir,
 )
-
 
 
 def make_web_retriever(spec: str, **kwargs) -> WebSearchRetriever:

@@ -26,7 +26,7 @@ from typing import Any
 import requests
 
 from igpo_envs.search.base import RetrieverError
-from igpo_envs.search.sessions import RETRY_STATUSES, retrying_session  # noqa: F401 - re-exported for agents
+from igpo_envs.search.sessions import RETRY_STATUSES, retrying_session
 from igpo_envs.types import Passage
 
 DEFAULT_CACHE_TTL = 7 * 24 * 3600
