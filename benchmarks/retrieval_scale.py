@@ -106,7 +106,7 @@ def dir_mb(path: Path) -> float:
 
 
 def worker_build(corpus: str, engine: str, out: str) -> dict:
-    from igpo_envs.search.index_cli import build_index
+    from igpo_envs.search.index import build_index
 
     t0 = time.perf_counter()
     manifest = build_index(corpus, engine, out, progress=False)
@@ -133,7 +133,7 @@ def _best_interleaved(retrievers: dict, queries: list[str], rounds: int) -> dict
 
 
 def worker_search(index: str, queries_path: str, ids_out: str, rounds: str = "3") -> dict:
-    from igpo_envs.search.index_cli import open_index
+    from igpo_envs.search.index import open_index
 
     queries = json.loads(Path(queries_path).read_text())
     t0 = time.perf_counter()
@@ -158,7 +158,7 @@ def worker_ray(index: str, queries_path: str, inline: str = "0", rounds: str = "
     import psutil
     import ray
 
-    from igpo_envs.search.index_cli import open_index
+    from igpo_envs.search.index import open_index
     from igpo_envs.search.ray_pool import RAY_SYSTEM_CONFIG, RayRetrieverPool
 
     queries = json.loads(Path(queries_path).read_text())
@@ -194,7 +194,7 @@ def worker_overlap(tantivy_dir: str, bm25s_dir: str, queries_path: str) -> dict:
     """How far tantivy's top 10 agree with bm25s's. Synthetic passages all have 60 words, so many passages that
     match one query word score exactly alike and the 10th place is often a tie broken differently by each engine;
     ``untied_recall`` counts only bm25s hits scoring strictly above its 10th hit, which a ranking must keep."""
-    from igpo_envs.search.index_cli import open_index
+    from igpo_envs.search.index import open_index
 
     queries = json.loads(Path(queries_path).read_text())
     t_hits = open_index(tantivy_dir).search(queries, TOPK)
