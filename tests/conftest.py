@@ -18,7 +18,7 @@ if "IGPO_CACHE_DIR" not in os.environ:
 # sessions: they are read-only inputs, unlike the index and web caches above.
 os.environ.setdefault("IGPO_OFFLINE_MODELS_DIR", os.path.expanduser("~/.cache/igpo/offline_models"))
 
-from igpo_envs.types import Passage, QAItem  # noqa: E402
+from igpo_envs.types import Passage, QAItem
 
 
 class KeywordRetriever:

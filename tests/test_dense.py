@@ -17,18 +17,18 @@ import pytest
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
 
-import faiss  # noqa: E402
-import gymnasium as gym  # noqa: E402
+import faiss
+import gymnasium as gym
 
-import igpo_envs  # noqa: E402, F401
-from igpo_envs.search import make_retriever  # noqa: E402
-from igpo_envs.search.corpus import file_content_hash, load_passages  # noqa: E402
-from igpo_envs.search.dense import DenseEncoder, DenseRetriever, weights_sha256  # noqa: E402
-from igpo_envs.search.hybrid import HybridRetriever, reciprocal_rank_fusion  # noqa: E402
-from igpo_envs.search.index_cli import main as index_main  # noqa: E402
-from igpo_envs.search.index_cli import open_index  # noqa: E402
-from igpo_envs.search.manifest import IndexManifestError, read_manifest  # noqa: E402
-from igpo_envs.types import Passage  # noqa: E402
+import igpo_envs  # noqa: F401
+from igpo_envs.search import make_retriever
+from igpo_envs.search.corpus import file_content_hash, load_passages
+from igpo_envs.search.dense import DenseEncoder, DenseRetriever, weights_sha256
+from igpo_envs.search.hybrid import HybridRetriever, reciprocal_rank_fusion
+from igpo_envs.search.index_cli import main as index_main
+from igpo_envs.search.index_cli import open_index
+from igpo_envs.search.manifest import IndexManifestError, read_manifest
+from igpo_envs.types import Passage
 
 SAMPLE = Path(__file__).resolve().parents[1] / "igpo_envs" / "data" / "wiki18_sample.jsonl"
 N_PASSAGES = 240

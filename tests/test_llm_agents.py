@@ -17,6 +17,8 @@ import requests
 torch = pytest.importorskip("torch")
 
 from conftest import ITEMS, PASSAGES, KeywordRetriever  # noqa: E402
+from local_http import LocalServer, Response  # noqa: E402
+
 from igpo_envs.agents.base import act_batch, make_agent  # noqa: E402
 from igpo_envs.agents.llm import (  # noqa: E402
     AgentError,
@@ -27,7 +29,6 @@ from igpo_envs.agents.llm import (  # noqa: E402
 )
 from igpo_envs.env import SearchQAEnv  # noqa: E402
 from igpo_envs.protocol import PROMPT_TEMPLATES  # noqa: E402
-from local_http import LocalServer, Response  # noqa: E402
 
 SEARCH = "<search> Zorblat planet </search>"
 ANSWER = "<answer> Quenn </answer>"

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from igpo_envs.information_gain import tokenize_probe  # noqa: E402
-from igpo_envs.protocol import PROTOCOLS, answer_probe  # noqa: E402
-from igpo_envs.transcript import render_messages, turn_ids  # noqa: E402
+from igpo_envs.information_gain import tokenize_probe
+from igpo_envs.protocol import PROTOCOLS, answer_probe
+from igpo_envs.transcript import render_messages, turn_ids
 
 STYLES = ("answer", "official")
 ANSWERS = ("Paris", "Marlo Vesk", "1990", "São Paulo", "Dr. No", "U.S.", "\"Heroes\"")
@@ -153,7 +153,7 @@ def test_stop_strings_of_the_protocols(real_tokenizer):
     from igpo_trainer.rollout import STOP_STRINGS
 
     tok = real_tokenizer
-    for protocol, stops in STOP_STRINGS.items():
+    for stops in STOP_STRINGS.values():
         assert stop_token_ids(tok, stops) is None  # '</answer>' is ordinary text in both vocabularies
         kwargs = stopping_kwargs(tok, stops, [tok.eos_token_id])
         (criterion,) = kwargs["stopping_criteria"]

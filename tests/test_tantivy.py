@@ -10,11 +10,11 @@ from file_damage import DAMAGES, damage
 
 pytest.importorskip("tantivy")
 
-from igpo_envs.search.base import Retriever  # noqa: E402
-from igpo_envs.search.bm25 import BM25Retriever  # noqa: E402
-from igpo_envs.search.corpus import file_content_hash, iter_passages  # noqa: E402
-from igpo_envs.search.manifest import IndexManifestError, read_manifest  # noqa: E402
-from igpo_envs.search.tantivy_index import TantivyRetriever, build_tantivy_index  # noqa: E402
+from igpo_envs.search.base import Retriever
+from igpo_envs.search.bm25 import BM25Retriever
+from igpo_envs.search.corpus import file_content_hash, iter_passages
+from igpo_envs.search.manifest import IndexManifestError, read_manifest
+from igpo_envs.search.tantivy_index import TantivyRetriever, build_tantivy_index
 
 SAMPLE = Path(__file__).resolve().parents[1] / "igpo_envs" / "data" / "wiki18_sample.jsonl"
 

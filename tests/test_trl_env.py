@@ -9,11 +9,11 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from conftest import KeywordRetriever  # noqa: E402  (the shared in-test retriever: word overlap)
+from conftest import KeywordRetriever
 
-from igpo_envs.env import SearchQAEnv  # noqa: E402
-from igpo_envs.types import Passage, QAItem  # noqa: E402
-from igpo_trainer.trl_env import TASK_TEXT, IGPOToolEnv, tool_env_dataset  # noqa: E402
+from igpo_envs.env import SearchQAEnv
+from igpo_envs.types import Passage, QAItem
+from igpo_trainer.trl_env import TASK_TEXT, IGPOToolEnv, tool_env_dataset
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,7 +128,9 @@ def test_trl_grpo_trainer_trains_a_step_with_the_adapter(tool_model_dir, tmp_pat
     def generate(prompt_ids, *args, **kwargs):
         turn = scripted[len(calls)]
         calls.append(len(prompt_ids))
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        def encode(text):
+            return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
         return [encode(turn(row)) for row in range(len(prompt_ids))], None
 
     trainer._generate_single_turn = generate

@@ -9,11 +9,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from local_http import LocalServer, Response
 
 from igpo_envs.search.base import Retriever, RetrieverError
 from igpo_envs.search.web import (
-    Browser,
     BrowseError,
+    Browser,
     SearXNGRetriever,
     SerperRetriever,
     WebCache,
@@ -21,7 +22,6 @@ from igpo_envs.search.web import (
     truncate_tokens,
 )
 from igpo_envs.types import Passage
-from local_http import LocalServer, Response
 
 DATA = Path(__file__).parent / "data"
 HTML = {"Content-Type": "text/html; charset=utf-8"}

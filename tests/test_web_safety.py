@@ -7,9 +7,9 @@ fails the test if it targets anything else, and DNS answers for test host names 
 import socket
 
 import pytest
-
-from igpo_envs.search.web import Browser, BrowseError, UnsafeURLError, check_url, resolve_url
 from local_http import LocalServer, Response
+
+from igpo_envs.search.web import BrowseError, Browser, UnsafeURLError, check_url, resolve_url
 
 _real_getaddrinfo = socket.getaddrinfo
 
