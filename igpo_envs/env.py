@@ -310,6 +310,9 @@ class SearchQAEnv(gym.Env[str, str]):
         self.retriever = self._build_retriever(corpus, retriever, retriever_url, retriever_kwargs or {})
         if self.retriever is None and "search" in self.tools:
             _warn_no_retriever_once()
+        check_topk = getattr(self.retriever, "check_topk", None)
+        if check_topk is not None:  # a retriever server's limit: refuse now, not at every search
+            check_topk(self.topk)
         self._init_kwargs = dict(protocol=protocol, topk=topk, max_turns=max_turns, format_penalty=format_penalty,
                                  reward_metric=reward_metric, prompt_template=prompt_template, tools=tuple(tools),
                                  render_mode=render_mode, browser=browser, no_answer_reward=no_answer_reward,

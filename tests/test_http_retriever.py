@@ -333,6 +333,20 @@ def test_topk_above_the_server_limit_fails_at_construction(bm25):
     HTTPRetriever(f"http://127.0.0.1:{closed_port()}/retrieve", topk=10_000)  # no server, no limit known: no check
 
 
+def test_env_topk_above_the_server_limit_fails_at_construction(bm25):
+    import gymnasium as gym
+
+    import igpo_envs  # noqa: F401  (registers the ids)
+
+    with serve(bm25, limits=Limits(max_topk=5)) as srv:
+        with pytest.raises(ValueError, match="topk=6 exceeds the retriever server's limit max_topk=5"):
+            gym.make("igpo/NQ-v0", retriever_url=srv.url, topk=6)
+        env = gym.make("igpo/NQ-v0", retriever_url=srv.url, topk=5)
+        env.reset(seed=0)
+        _, _, terminated, _, info = env.step("<search> Evan Morris </search>")
+        assert not terminated and len(info["retrieved_ids"]) == 5
+
+
 def test_big_batches_are_split_to_the_server_limits(bm25):
     queries = [f"{q} {i}" for i in range(7) for q in QUERIES]  # 28 queries x topk 3 = 84 results
     with serve(bm25, limits=Limits(max_queries=10, max_results=30)) as srv:
