@@ -22,8 +22,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/igpo-demo
 
-# Two pytest workers on two cores, one torch thread each (more threads only contend).
+# Lint (ruff, configured in pyproject.toml), then two pytest workers on two cores, one torch thread each (more
+# threads only contend).
 test: install
+	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --timeout 900
 
 clean:
