@@ -1,14 +1,6 @@
 """The index library: build an on-disk retrieval index from a wiki-18 jsonl corpus, and open one safely.
 
-The ``igpo-index`` command (:mod:`igpo_envs.search.index_cli`) is a thin front end to it:
-
-    igpo-index build --corpus wiki-18.jsonl --engine tantivy --out indexes/wiki18-tantivy
-    igpo-index build --corpus wiki-18.jsonl --engine bm25s   --out indexes/wiki18-bm25s
-    igpo-index build --corpus wiki-18.jsonl --engine dense --model intfloat/e5-base-v2 --out indexes/wiki18-e5 \
-        [--index-type flat|hnsw]
-    igpo-index import-faiss --faiss e5_Flat.index --corpus wiki-18.jsonl --model intfloat/e5-base-v2 \
-        --out indexes/wiki18-e5-searchr1          # Search-R1's prebuilt index, not re-encoded
-    igpo-index info indexes/wiki18-tantivy [--corpus wiki-18.jsonl]
+The ``igpo-index`` command (:mod:`igpo_envs.search.index_cli`) is a thin front end to it.
 
 Memory while building:
 
