@@ -40,6 +40,13 @@ from igpo_trainer.advantages import finite_turn_advantages
 STOP_STRINGS = {"tag": ("</search>", "</answer>", "</browse>"), "tool_call": ("</tool_call>", "</answer>")}
 
 
+def vllm_generation_kwargs(protocol: str, generation_kwargs: dict | None = None) -> dict:
+    """GRPOConfig.generation_kwargs for the vLLM backend: vLLM's SamplingParams stop a turn at the protocol's closing
+    tags (the `STOP_STRINGS` the transformers backend stops at too) and keep the tag in the turn's text. Entries of
+    ``generation_kwargs`` win."""
+    return {"stop": list(STOP_STRINGS[protocol]), "include_stop_str_in_output": True, **(generation_kwargs or {})}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Episode record
 # --------------------------------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from igpo_trainer.rollout import (
     group_turn_advantages,
     run_episodes,
     score_beliefs,
+    vllm_generation_kwargs,
 )
 
 QUESTION_COLUMN = "question_index"
@@ -167,11 +168,7 @@ class IGPOTrainer(GRPOTrainer):
                 f"it has {train_dataset.column_names}"
             )
         if args.use_vllm:  # vLLM stops a turn at the protocol's closing tags through its SamplingParams
-            args.generation_kwargs = {
-                "stop": list(STOP_STRINGS[args.protocol]),
-                "include_stop_str_in_output": True,
-                **(args.generation_kwargs or {}),
-            }
+            args.generation_kwargs = vllm_generation_kwargs(args.protocol, args.generation_kwargs)
         if processing_class is None and isinstance(model, (str, Path)) and Path(model).is_dir():
             processing_class = load_tokenizer(model)  # a local tokenizer as saved (e.g. igpo_trainer.tiny's word level)
         self._rollout_rows: list[dict] = []
