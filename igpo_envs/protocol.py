@@ -58,6 +58,9 @@ _TAG_PATTERN = re.compile(rf"<(/?)({'|'.join(_AGENT_TAGS + tuple(_RESULT_TAGS.va
 _AGENT_TAG_SET = frozenset(_AGENT_TAGS)
 # The blocks that call a tool in each protocol (the other protocol's call blocks are plain text).
 _CALL_TAGS = {"tag": frozenset(TOOLS), "tool_call": frozenset({"tool_call"})}
+# The usual tag-protocol turn, one block and no other "<" anywhere: `parse_action` reads it in one match (linear: no
+# two parts of the pattern can match the same characters) and gives what the full scan would.
+_SINGLE_BLOCK = re.compile(r"[^<]*<(search|browse|answer)>([^<]*)</\1>[^<]*")
 
 
 class Action(NamedTuple):
@@ -161,6 +164,13 @@ def parse_action(
         return Action("invalid", error=f"action must be a string, got {type(text).__name__}")
     if len(text) > max_chars:
         return Action("invalid", error=f"action is {len(text)} characters long; the limit is {max_chars}")
+    if protocol == "tag":
+        single = _SINGLE_BLOCK.fullmatch(text)
+        if single is not None:
+            tag, body = single.groups()
+            argument = body.strip()
+            if argument and (tag == "answer" or tag in tools):
+                return Action(tag, argument)
     blocks = _scan_blocks(text)
     if isinstance(blocks, str):
         return Action("invalid", error=blocks)

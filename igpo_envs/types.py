@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+_set_attribute = object.__setattr__
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class Passage:
     """One retrievable passage, in the wiki-18 sense: a title and ~100 words of text."""
 
@@ -14,6 +16,11 @@ class Passage:
     title: str
     text: str
     score: float = 0.0
+
+    def __init__(self, id: str, title: str, text: str, score: float = 0.0):
+        # What the generated frozen __init__ does, in one attribute write instead of four: retrievers build a few
+        # passages per search, and this is a third of their cost.
+        _set_attribute(self, "__dict__", {"id": id, "title": title, "text": text, "score": score})
 
     @property
     def contents(self) -> str:

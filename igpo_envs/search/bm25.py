@@ -418,14 +418,20 @@ class BM25Retriever:
     def _take_rows(self, rows: np.ndarray) -> list[list]:
         """(ids, titles, texts) of ``rows``. Takes chunk by chunk: ``ChunkedArray.take`` on the streamed,
         multi-chunk table costs tens of ms per call at 1M passages, more than the search itself."""
+        if len(self._chunk_starts) == 1:  # one chunk (up to 100k passages): the rows are its positions
+            local = pa.array(rows)
+            return [column[0].take(local).to_pylist() for column in self._columns]
         chunk_of_row = np.searchsorted(self._chunk_starts, rows, side="right") - 1
-        out: list[list] = [[None] * len(rows) for _ in self._columns]
-        for chunk in np.unique(chunk_of_row).tolist():
-            positions = np.flatnonzero(chunk_of_row == chunk)
-            local = pa.array(rows[positions] - self._chunk_starts[chunk])
-            for values, column in zip(out, self._columns):
-                for position, value in zip(positions.tolist(), column[chunk].take(local).to_pylist()):
-                    values[position] = value
+        order = np.argsort(chunk_of_row, kind="stable")  # rows grouped by chunk, one take per chunk and column
+        chunks, starts = np.unique(chunk_of_row[order], return_index=True)
+        groups = np.split(rows[order], starts[1:])
+        locals_ = [pa.array(group - self._chunk_starts[chunk]) for chunk, group in zip(chunks.tolist(), groups)]
+        back = np.argsort(order).tolist()  # from chunk order back to the order of ``rows``
+        out = []
+        for column in self._columns:
+            grouped = [value for chunk, local in zip(chunks.tolist(), locals_)
+                       for value in column[chunk].take(local).to_pylist()]
+            out.append(list(map(grouped.__getitem__, back)))
         return out
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
@@ -450,10 +456,9 @@ class BM25Retriever:
 
         matched = scores > 0  # rows are sorted best first, so the matches are a prefix of each row
         ids, titles, texts = self._take_rows(docs[matched].astype(np.int64))
-        flat_scores = scores[matched].tolist()
+        passages = list(map(Passage, ids, titles, texts, scores[matched].tolist()))  # all queries' in one pass
         start = 0
         for qi, n in zip(asked, np.count_nonzero(matched, axis=1).tolist()):
-            end = start + n
-            results[qi] = [Passage(ids[j], titles[j], texts[j], flat_scores[j]) for j in range(start, end)]
-            start = end
+            results[qi] = passages[start:start + n]
+            start += n
         return results
