@@ -271,10 +271,14 @@ class SearchQAVectorEnv(VectorEnv):
         keep = self.autoreset_mode == AutoresetMode.DISABLED
         terminations = self._terminations.tolist() if keep else [False] * self.num_envs
         truncations = self._truncations.tolist() if keep else [False] * self.num_envs
-        results = step_batch([self.envs[i] for i in stepping], [actions[i] for i in stepping])
+        if len(stepping) == self.num_envs:  # the usual step: every sub-env acts
+            results = step_batch(self.envs, actions)
+        else:
+            results = step_batch([self.envs[i] for i in stepping], [actions[i] for i in stepping])
+        same_step = self.autoreset_mode == AutoresetMode.SAME_STEP
         for i, (obs, reward, terminated, truncated, info) in zip(stepping, results):
             rewards[i], terminations[i], truncations[i] = reward, terminated, truncated
-            if self.autoreset_mode == AutoresetMode.SAME_STEP and (terminated or truncated):
+            if same_step and (terminated or truncated):
                 final = {"final_obs": obs, "final_info": info}
                 obs, info = self.envs[i].reset()
                 info = {**info, **final}

@@ -439,9 +439,10 @@ class BM25Retriever:
             raise TypeError("search() takes a sequence of queries; wrap a single query in a list")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        results: list[list[Passage]] = [[] for _ in queries]
         token_ids = list(self._tokenizer.streaming_tokenize(queries, update_vocab=False, allow_empty=False))
         asked = [i for i, ids in enumerate(token_ids) if ids]
+        # A fresh list per query, made once: a query without known terms keeps its empty one.
+        results: list[list[Passage]] = [[] if not ids else None for ids in token_ids]
         if not asked:
             return results
 
