@@ -72,7 +72,7 @@ def aggregate(args) -> str:
     ranges = {}
     for policy in policies:
         cells = []
-        for name, key in FIGURES:
+        for _name, key in FIGURES:
             values = [next(r for r in rep["rows"] if r["policy"] == policy).get(key) for rep in reports.values()]
             values = [v for v in values if v is not None]
             ranges[(policy, key)] = (min(values), max(values)) if values else None

@@ -90,7 +90,8 @@ class DemoSettings:
     extra: dict = field(default_factory=dict)  # extra IGPOConfig fields for the IGPO run (ablations)
 
     def env_kwargs(self, split: str) -> dict[str, Any]:
-        return {**TASK, "num_docs": self.num_docs, "distractors": self.distractors, "split": split, "topk": self.topk, "max_turns": self.max_turns,
+        return {**TASK, "num_docs": self.num_docs, "distractors": self.distractors, "split": split, "topk": self.topk,
+                "max_turns": self.max_turns,
                 "reward_metric": self.reward_metric,
                 "num_questions": self.train_questions if split == "train" else self.eval_questions}
 
@@ -163,13 +164,15 @@ class OracleOpening:
                    for info in infos]
         rest = [i for i, a in enumerate(actions) if a is None]
         if rest:
-            for i, action in zip(rest, self.policy.act_batch([observations[i] for i in rest], [infos[i] for i in rest])):
+            acted = self.policy.act_batch([observations[i] for i in rest], [infos[i] for i in rest])
+            for i, action in zip(rest, acted):
                 actions[i] = action
         return actions
 
 
 def evaluate_policy(model, tokenizer, settings: DemoSettings, *, episodes: int, seed: int = 0,
-                    progress: bool = False, keep_episodes: bool = False, oracle_opening: bool = False) -> dict[str, Any]:
+                    progress: bool = False, keep_episodes: bool = False,
+                    oracle_opening: bool = False) -> dict[str, Any]:
     """Held-out greedy evaluation with `igpo_envs.evaluation.evaluate` on the eval split (``oracle_opening``: the
     first search is the oracle's, see `OracleOpening`)."""
     from igpo_envs.evaluation import evaluate
@@ -261,7 +264,6 @@ def train_rl(start_dir: Path, out: Path, settings: DemoSettings, *, seed: int, u
     from transformers import TrainerCallback
 
     from igpo_envs.hf_tokenizer import load_tokenizer
-
     from igpo_trainer import IGPOTrainer
 
     args = rl_config(out, settings, seed=seed, use_information_gain=use_information_gain, progress=progress,
@@ -463,7 +465,8 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
     report = {
         "settings": asdict(settings), "seed": seed, "held_out_questions": held_out,
         "rl_seeds": list(range(settings.rl_seeds)),
-        "task": {**TASK, "distractors": settings.distractors, "env_id": ENV_ID}, "sft": sft, "diagnostics": diagnostics, "rows": rows,
+        "task": {**TASK, "distractors": settings.distractors, "env_id": ENV_ID}, "sft": sft,
+        "diagnostics": diagnostics, "rows": rows,
         "seed_rows": seed_rows, "conclusions": checks, "timings": timings,
         "numerics": {"ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", "(unset)"),
                      "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -479,7 +482,8 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
                       f"{100 * last.get('copy_accuracy', float('nan')):.1f}%, query copy "
                       f"{100 * last.get('query_copy', float('nan')):.1f}% (targets {settings.min_validity:.0%}, "
                       f"{settings.min_copy_accuracy:.0%}, {settings.min_query_copy:.0%}).")
-    verdict = (f"IGPO >= GRPO in held-out EM on every RL seed: {'yes' if checks['igpo_em_ge_grpo_every_seed'] else 'NO'}"
+    every_seed = "yes" if checks["igpo_em_ge_grpo_every_seed"] else "NO"
+    verdict = (f"IGPO >= GRPO in held-out EM on every RL seed: {every_seed}"
                f" (IGPO - GRPO per seed: {', '.join(f'{100 * d:+.1f}' for d in checks['igpo_em_minus_grpo_per_seed'])}"
                " points).")
     text = (f"# igpo-demo results\n\nHeld-out: all {held_out} eval-split questions, greedy; training "

@@ -303,7 +303,8 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
     result = trainer.train()
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    summary = {**stats, "examples": num_demos, "reading_texts": len(reading_texts), "train_loss": float(result.training_loss),
+    summary = {**stats, "examples": num_demos, "reading_texts": len(reading_texts),
+               "train_loss": float(result.training_loss),
                "steps": int(trainer.state.global_step), "epochs": float(trainer.state.epoch or 0.0),
                "seconds": time.perf_counter() - start}
     if evaluate is not None:

@@ -131,3 +131,15 @@ def real_vocab_agent(real_vocab_model_dir):
     from igpo_envs.agents.llm import HFAgent
 
     return HFAgent(str(real_vocab_model_dir), transcript="inline", max_new_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train far faster on one intra-op thread on a shared 2-core machine; restored afterwards.
+    Use it module-wide with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

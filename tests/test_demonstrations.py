@@ -13,13 +13,7 @@ pytest.importorskip("trl")
 ENV_ID = "igpo/HotpotQA-Distractor-v0"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one intra-op thread on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_env(protocol="tag", **kwargs):

@@ -26,7 +26,8 @@ def test_tokenizer_round_trips_protocol_text(tmp_path):
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     for tag in PROTOCOL_TAGS:  # tags are atomic tokens
         assert len(tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                           add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>assistant\n")
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
 
@@ -75,9 +76,10 @@ def test_name_tokenizer_keeps_two_word_names_whole(tmp_path):
 
 def test_word_tokenizer_policy_stops_at_closing_tags(tmp_path):
     """Generation with a word-level vocabulary (HF's StopStringCriteria cannot read it) stops at the closing tag."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
     from igpo_envs.hf_tokenizer import load_tokenizer
     from igpo_trainer.rollout import STOP_STRINGS, HFTurnGenerator
-    from transformers import AutoModelForCausalLM, GenerationConfig
 
     path = build_tiny_model(tmp_path, TEXTS, vocab_size=400, hidden_size=32, num_layers=1, tokenizer_kind="word")
     tokenizer, model = load_tokenizer(path), AutoModelForCausalLM.from_pretrained(path)
