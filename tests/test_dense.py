@@ -6,6 +6,7 @@ weights still map equal texts to equal vectors, which is all these tests need to
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import shutil
@@ -175,7 +176,8 @@ def test_damaged_dense_auto_cache_is_rebuilt_with_a_warning(tmp_path, corpus, ti
     query = load_passages(corpus)[5].contents
     expected = [p.id for p in first.search([query], 3)[0]]
     (index_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("dense-")]
-    del first  # unmapped before its files change under it
+    del first
+    gc.collect()  # unmapped (cycles too) before its files change under it: a live map of a rewritten file faults
     victim = max(read_manifest(index_dir).files, key=lambda name: (index_dir / name).stat().st_size)
     damage(index_dir / victim, how)
     with pytest.warns(RuntimeWarning, match="index cache .*dense-.* is unusable"):
