@@ -99,12 +99,12 @@ def start_eval(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from igpo_envs.hf_tokenizer import load_tokenizer
-    from igpo_trainer.demo import _pick, evaluate_policy
+    from igpo_trainer.demo import evaluate_policy, headline_figures
 
     torch.set_num_threads(1)
     path = Path(args.start) / "sft"
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), load_tokenizer(path)
-    return _pick(evaluate_policy(model, tokenizer, settings_for(args), episodes=args.eval_episodes))
+    return headline_figures(evaluate_policy(model, tokenizer, settings_for(args), episodes=args.eval_episodes))
 
 
 def run_all(args) -> None:

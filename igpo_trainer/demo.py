@@ -279,7 +279,7 @@ def train_rl(start_dir: Path, out: Path, settings: DemoSettings, *, seed: int, u
                 result = evaluate_policy(model, tokenizer, settings, episodes=settings.eval_episodes, seed=eval_seed)
                 clock["eval"] += time.perf_counter() - begin
                 curve.append({"step": state.global_step, "seconds": time.perf_counter() - clock["start"]
-                              - clock["eval"], **_pick(result)})
+                              - clock["eval"], **headline_figures(result)})
 
     trainer = IGPOTrainer(model=str(start_dir), args=args, env=make_train_env(settings), processing_class=tokenizer,
                           callbacks=[HeldOutEval()])
@@ -290,7 +290,8 @@ def train_rl(start_dir: Path, out: Path, settings: DemoSettings, *, seed: int, u
     return {"logs": logs, "curve": curve, "seconds": seconds, "model": trainer.model, "tokenizer": tokenizer}
 
 
-def _pick(result: dict[str, Any]) -> dict[str, Any]:
+def headline_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures the demo's table reports (`FIGURES`) from an `evaluate_policy` result."""
     return {k: result.get(k) for k in FIGURES}
 
 
@@ -450,13 +451,13 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
                            use_information_gain=name == "IGPO", progress=progress)
             final = evaluate_policy(run["model"], run["tokenizer"], settings, episodes=held_out,
                                     seed=0, progress=progress)
-            seed_rows.append({"policy": name, "seed": rl_seed, **_pick(final), "seconds": run["seconds"],
+            seed_rows.append({"policy": name, "seed": rl_seed, **headline_figures(final), "seconds": run["seconds"],
                               "zero_adv_group_frac": _mean_log(run["logs"], "igpo/zero_adv_group_frac")})
             runs[name].append(_release(run))
     timings["total"] = time.perf_counter() - begin
     timings["cpu_seconds"] = time.process_time() - cpu_begin
 
-    start_row = {"policy": "SFT start", "seeds": 1, **_pick(start_eval), "seconds": timings["sft"],
+    start_row = {"policy": "SFT start", "seeds": 1, **headline_figures(start_eval), "seconds": timings["sft"],
                  "zero_adv_group_frac": diagnostics["zero_adv_frac_grpo"]}
     rows = [start_row] + [seed_summary(name, [r for r in seed_rows if r["policy"] == name]) for name in POLICIES]
     checks = conclusions(seed_rows)
