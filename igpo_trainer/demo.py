@@ -72,6 +72,9 @@ class DemoSettings:
     # opening, so the start rarely searches right and outcome-only GRPO meets many all-equal groups.
     naive_share: float = 0.9
     recover_share: float = 0.1
+    # Share of `reading` demonstrations (oracle plan, opening search out of the loss): they teach copying names off
+    # passages on most demonstrations without teaching the start policy to open with the right query.
+    sft_reading_share: float = 0.6
     steps: int = 20
     rl_seeds: int = 3
     questions_per_step: int = 4
@@ -205,7 +208,8 @@ def build_model(out: Path, settings: DemoSettings, seed: int) -> Path:
     world = get_world(settings.num_docs, settings.distractors, TASK["seed"])
     return build_tiny_model(out, world.vocabulary_texts(), vocab_size=settings.vocab_size,
                             hidden_size=settings.hidden_size, num_layers=settings.num_layers, num_heads=4,
-                            num_kv_heads=2, seed=seed, tokenizer_kind=settings.tokenizer_kind)
+                            num_kv_heads=2, seed=seed, tokenizer_kind=settings.tokenizer_kind,
+                            framing_texts=[PROMPT])
 
 
 def make_train_env(settings: DemoSettings):
@@ -232,7 +236,8 @@ def converged_warm_start(base_dir: Path, out_dir: Path, settings: DemoSettings, 
     reading = [p.contents for p in passages] if settings.sft_read_passages else []
     return warm_start(base_dir, make_train_env(settings), out_dir, num_examples=settings.sft_examples,
                       learning_rate=settings.sft_lr, batch_size=settings.sft_batch_size,
-                      naive_share=settings.naive_share, recover_share=settings.recover_share, seed=seed,
+                      naive_share=settings.naive_share, recover_share=settings.recover_share,
+                      reading_share=settings.sft_reading_share, seed=seed,
                       progress=progress, evaluate=held_out, criterion=settings.criterion(), reading_texts=reading)
 
 

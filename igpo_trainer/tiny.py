@@ -13,6 +13,7 @@ Qwen2- or Llama-architecture model is built from a config with random weights. B
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 
 from igpo_envs.protocol import PROMPT_TEMPLATES
@@ -42,12 +43,16 @@ TWO_WORD_NAME = r"^[A-Z][a-z]+ [A-Z][a-z]+$|[^ ]+"
 UNK = "<unk>"
 #: Words every episode shows besides the task's own: chat roles and the passage layout of observations.
 FRAMING_TEXTS = ("system user assistant tool", *(f"Doc {i} (Title: x) y" for i in range(1, 11)))
+#: How often the framing texts are counted when training a word-level vocabulary: the vocabulary keeps the most
+#: frequent words, and a framing word seen once would lose its place to the task's names (and become <unk>).
+FRAMING_WEIGHT = 1000
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, kind: str = "bpe"):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, kind: str = "bpe", framing_texts: Iterable[str] = ()):
     """Train a tokenizer of ``kind`` (``"bpe"``: byte-level BPE; ``"word"``: word level, see the module docstring;
     ``"name"``: word level with two-word names as one token, see `NAME_RUNS`) on ``texts`` and wrap it as a
-    transformers fast tokenizer."""
+    transformers fast tokenizer. ``framing_texts`` (e.g. a prompt template) join the protocol's templates and
+    `FRAMING_TEXTS`: texts every episode shows, whose words a word-level vocabulary always keeps."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -72,12 +77,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, kind: str = "b
         tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # join with spaces, tidy punctuation
         trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials + [UNK],
                                             show_progress=False)
-    tokenizer.train_from_iterator([*texts, *PROMPT_TEMPLATES.values(), *FRAMING_TEXTS], trainer=trainer)
+    framing = [*PROMPT_TEMPLATES.values(), *FRAMING_TEXTS, *framing_texts]
+    tokenizer.train_from_iterator(chain(texts, framing * (1 if kind == "bpe" else FRAMING_WEIGHT)), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=IM_END,
         pad_token=EOS,
-        **({"unk_token": UNK} if kind == "word" else {}),
+        **({"unk_token": UNK} if kind != "bpe" else {}),
         additional_special_tokens=[IM_START],
         chat_template=CHAT_TEMPLATE,
     )
@@ -127,14 +133,15 @@ def build_tiny_model(
     num_kv_heads: int = 2,
     seed: int = 0,
     tokenizer_kind: str = "bpe",
+    framing_texts: Iterable[str] = (),
 ) -> Path:
-    """Train a tokenizer (``tokenizer_kind``: ``"bpe"`` or ``"word"``) on ``texts``, build a random model of that size,
-    save both to ``out_dir``; return the path."""
+    """Train a tokenizer (``tokenizer_kind``, see `train_tokenizer`, as ``framing_texts``) on ``texts``, build a
+    random model of that size, save both to ``out_dir``; return the path."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     out_dir = Path(out_dir)
-    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, kind=tokenizer_kind)
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, kind=tokenizer_kind, framing_texts=framing_texts)
     config = tiny_config(tokenizer, arch, hidden_size, num_layers, num_heads, num_kv_heads)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

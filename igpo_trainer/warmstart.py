@@ -10,7 +10,10 @@ learn. So the demonstrations mix three plans (`PLANS`):
 - ``naive_read``: search the whole question text and then *read consistently* from what came back: each later hop
   searches the name the top passage states, and the answer is what the top passage states for the asked relation.
   This is right when the naive query happened to retrieve the right passage and wrong otherwise (a wrong-query error,
-  never a wrong-reading one), so the reading skill taught stays clean.
+  never a wrong-reading one), so the reading skill taught stays clean;
+- ``reading``: the oracle plan with its opening search as context, out of the loss. It teaches reading (copying the
+  names a passage states into the next query and the answer) and nothing about which query to open with, so reading
+  can be taught on every demonstration while the opening the start policy learns stays the mix of the other plans.
 
 Every trajectory is played in the real env (so observations are the retriever's real passages) and tokenised with the
 trainer's own rendering (`igpo_envs.transcript`): prompt through the chat template,
@@ -31,7 +34,7 @@ import numpy as np
 from igpo_envs.hf_tokenizer import load_tokenizer
 from igpo_envs.transcript import render_turns
 
-PLANS = ("oracle", "naive_recover", "naive_read")
+PLANS = ("oracle", "naive_recover", "naive_read", "reading")
 _SYNTH_ID = re.compile(r"^synth-(\d+)$")
 
 
@@ -113,36 +116,51 @@ def _read_along(world, base, item, relations: Sequence[str], query: str, search)
     return item.golden_answers[0]
 
 
-def render_trajectory(tokenizer, prompt: str, turns: Sequence[tuple[str, str | None]]) -> dict[str, list[int]]:
+def render_trajectory(tokenizer, prompt: str, turns: Sequence[tuple[str, str | None]], *,
+                      context_turns: int = 0) -> dict[str, list[int]]:
     """Token ids and loss mask of one trajectory, exactly as `igpo_trainer.rollout.run_episodes` builds a rollout
     (`igpo_envs.transcript.render_turns`): ``completion_mask`` is 1 on policy-turn tokens and the closing EOS, 0 on
-    the prompt and on observations."""
+    the prompt and on observations, and 0 on the first ``context_turns`` policy turns (context, not taught)."""
     transcript = render_turns(tokenizer, prompt, turns)
+    mask = list(transcript.agent_mask)
+    turn, inside = 0, False
+    for i, agent in enumerate(mask):
+        if agent and not inside:
+            turn += 1
+        inside = bool(agent)
+        if agent and turn <= context_turns:
+            mask[i] = 0
     # The policy learns to stop after its answer.
-    return {"input_ids": transcript.ids + [tokenizer.eos_token_id], "completion_mask": transcript.agent_mask + [1]}
+    return {"input_ids": transcript.ids + [tokenizer.eos_token_id], "completion_mask": mask + [1]}
 
 
 def demonstrations(env, tokenizer, num: int, *, naive_share: float = 0.5, recover_share: float = 0.3,
-                   seed: int = 0) -> tuple[list[dict], dict[str, float]]:
+                   reading_share: float = 0.0, seed: int = 0) -> tuple[list[dict], dict[str, float]]:
     """``num`` tokenised demonstrations over the env's questions and their plan mix.
 
-    A share ``naive_share`` starts with the naive query; of those, ``recover_share`` recover with the oracle plan and
-    the rest read along (see the module docstring). Returns (rows, stats) with the plan shares and the EM of the
-    demonstrations (how often the scripted plans are right).
+    A share ``reading_share`` are ``reading`` demonstrations (the opening out of the loss). Of the others, a share
+    ``naive_share`` starts with the naive query; of those, ``recover_share`` recover with the oracle plan and the rest
+    read along (see the module docstring). So ``naive_share`` is the share of naive openings among the openings the
+    policy is taught. Returns (rows, stats) with the plan shares and the EM of the demonstrations (how often the
+    scripted plans are right).
     """
-    if not 0.0 <= naive_share <= 1.0 or not 0.0 <= recover_share <= 1.0:
-        raise ValueError(f"naive_share and recover_share must be in [0, 1], got {naive_share}, {recover_share}")
+    for name, share in (("naive_share", naive_share), ("recover_share", recover_share),
+                        ("reading_share", reading_share)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {share}")
     rng = np.random.default_rng(seed)
     n_items = len(env.unwrapped.items)
     rows, ems, plans = [], [], []
     for k in range(num):
         index = k % n_items
-        if rng.random() < naive_share:
+        if rng.random() < reading_share:
+            plan = "reading"
+        elif rng.random() < naive_share:
             plan = "naive_recover" if rng.random() < recover_share else "naive_read"
         else:
             plan = "oracle"
         prompt, turns, info = script_trajectory(env, index, plan)
-        rows.append(render_trajectory(tokenizer, prompt, turns))
+        rows.append(render_trajectory(tokenizer, prompt, turns, context_turns=int(plan == "reading")))
         ems.append(float(info.get("em", 0.0)))
         plans.append(plan)
     stats = {f"share_{p}": plans.count(p) / max(1, num) for p in PLANS}
@@ -200,7 +218,7 @@ def criterion_met(figures: dict[str, float], criterion: ConvergenceCriterion) ->
 
 def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples: int = 2000, epochs: float = 2.0,
                learning_rate: float = 1e-3, batch_size: int = 32, naive_share: float = 0.5,
-               recover_share: float = 0.3, seed: int = 0, progress: bool = True,
+               recover_share: float = 0.3, reading_share: float = 0.0, seed: int = 0, progress: bool = True,
                evaluate: Callable[[Any], Sequence[dict[str, Any]]] | None = None,
                criterion: ConvergenceCriterion | None = None, lr_scheduler_type: str = "cosine",
                examples: Sequence[dict] | None = None, warmup_steps: int = 10,
@@ -234,7 +252,7 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
         rows, stats = list(examples), {}
     else:
         rows, stats = demonstrations(env, tokenizer, num_examples, naive_share=naive_share,
-                                     recover_share=recover_share, seed=seed)
+                                     recover_share=recover_share, reading_share=reading_share, seed=seed)
     num_demos = len(rows)
     for text in reading_texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

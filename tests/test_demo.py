@@ -193,6 +193,37 @@ def test_warmstart_renders_trajectories_like_rollouts():
     assert sum(rendered["completion_mask"][: len(episode.prompt_ids)]) == 0  # the prompt is never trained on
 
 
+def test_reading_plan_teaches_reading_not_the_opening():
+    """A `reading` demonstration plays the oracle plan but keeps its opening search out of the loss: the loss covers
+    the later searches and the answer (the names copied off passages), and the mix's opening share is unchanged."""
+    import tempfile
+
+    from igpo_envs.hf_tokenizer import load_tokenizer
+    from igpo_trainer.demo import QUICK, build_model, make_train_env
+    from igpo_trainer.warmstart import demonstrations, render_trajectory, script_trajectory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = load_tokenizer(build_model(tmp, QUICK, seed=0))
+    env = make_train_env(QUICK)
+    prompt, turns, info = script_trajectory(env, 0, "reading")
+    assert info["em"] == 1.0 and len(turns) == 3
+    taught = render_trajectory(tokenizer, prompt, turns, context_turns=1)
+    full = render_trajectory(tokenizer, prompt, turns)
+    assert taught["input_ids"] == full["input_ids"]
+
+    def loss_text(row):
+        return tokenizer.decode([i for i, m in zip(row["input_ids"], row["completion_mask"]) if m])
+
+    item = env.unwrapped.items[0]
+    assert item.metadata["oracle_queries"][0] not in loss_text(taught)
+    assert item.metadata["oracle_queries"][0] in loss_text(full)
+    assert loss_text(taught).split() == loss_text(full).split()[len(turns[0][0].split()):]
+    rows, stats = demonstrations(env, tokenizer, 200, naive_share=0.9, recover_share=0.0, reading_share=0.5, seed=1)
+    assert 0.4 < stats["share_reading"] < 0.6 and stats["share_naive_read"] > 0.35
+    with pytest.raises(ValueError, match="reading_share"):
+        demonstrations(env, tokenizer, 2, reading_share=1.5)
+
+
 def test_naive_read_plan_reads_consistently():
     """The naive plan answers what the retrieved passages state: right exactly when its query found the evidence."""
     from igpo_trainer.demo import ENV_ID, QUICK

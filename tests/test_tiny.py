@@ -74,6 +74,20 @@ def test_name_tokenizer_keeps_two_word_names_whole(tmp_path):
     assert tokenizer.decode(ids) == "<answer> Kala Dimok </answer>"
 
 
+@pytest.mark.parametrize("kind", ["word", "name"])
+def test_word_level_vocabulary_keeps_framing_words(tmp_path, kind):
+    """Chat roles, the passage layout's digits and a caller's prompt template are in a word-level vocabulary even when
+    the corpus's own words would fill it: they must not become <unk>."""
+    from igpo_envs.hf_tokenizer import load_tokenizer
+
+    corpus = [" ".join(f"Name{i} Word{i}" for i in range(k, k + 50)) for k in range(0, 2000, 50)] * 3
+    tokenizer = load_tokenizer(build_tiny_model(tmp_path, corpus, vocab_size=300, hidden_size=32, num_layers=1,
+                                                tokenizer_kind=kind, framing_texts=["Question: {question}"]))
+    ids = tokenizer("user assistant Question: Doc 1 Doc 10", add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.unk_token_id in tokenizer("Word1999", add_special_tokens=False)["input_ids"]  # the vocab is full
+
+
 def test_word_tokenizer_policy_stops_at_closing_tags(tmp_path):
     """Generation with a word-level vocabulary (HF's StopStringCriteria cannot read it) stops at the closing tag."""
     from transformers import AutoModelForCausalLM, GenerationConfig
