@@ -19,7 +19,7 @@ def demo_out(tmp_path_factory):
     from igpo_trainer.demo import QUICK, run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    report = run_demo(out, settings=QUICK, seed=0, progress=False)
+    report = run_demo(out, settings=QUICK, seed=0, progress=False, workers=2)  # RL runs in two spawned processes
     return out, report
 
 
@@ -56,6 +56,26 @@ def test_demo_writes_table_json_and_plot(demo_out):
     assert isinstance(saved["conclusions"]["igpo_em_ge_grpo_every_seed"], bool)
     assert len(saved["conclusions"]["igpo_em_minus_grpo_per_seed"]) == 2
     assert saved["numerics"]["torch_cpu_capability"]
+
+
+def test_rl_runs_in_worker_processes_equal_a_run_in_this_one(demo_out):
+    """The RL runs are seeded and independent: one run here, in this process, gives the row the worker process gave
+    (what makes `--workers` a speed setting only); and the CPU budget adds the serial stages to the RL runs scheduled
+    over the workers."""
+    from igpo_trainer.demo import QUICK, critical_path, run_rl_jobs
+
+    out, report = demo_out
+    (here,) = run_rl_jobs([("IGPO", 1)], out / "sft", out / "again", QUICK, report["held_out_questions"], workers=1,
+                          progress=False, say=lambda _: None)
+    there = next(r for r in report["seed_rows"] if (r["policy"], r["seed"]) == ("IGPO", 1))
+    for key in ("em", "f1", "gold_recall", "searches", "zero_adv_group_frac"):
+        assert here["row"][key] == pytest.approx(there[key], abs=1e-12), key
+    budget = report["cpu_budget"]
+    assert budget["workers"] == 2 and len(budget["rl_run_cpu_seconds"]) == 4
+    assert budget["serial_cpu_seconds"] < budget["critical_path_cpu_seconds"] < budget["serial_cpu_seconds"] + sum(
+        budget["rl_run_cpu_seconds"])
+    assert critical_path({"sft": 10.0, "rl_main_process": 99.0}, [4.0, 3.0, 2.0, 2.0], workers=2) == 10.0 + 6.0
+    assert critical_path({"sft": 10.0}, [4.0, 3.0], workers=1) == 17.0
 
 
 def test_demo_sft_start_speaks_the_protocol(demo_out):
