@@ -426,9 +426,7 @@ class SearchQAEnv(gym.Env[str, str]):
             truncated = episode.turn >= self.max_turns
             reward = self.no_answer_reward if truncated else 0.0  # out of turns without an answer
         episode.done = terminated or truncated
-        info = self._info()
-        info["action"] = turn.as_dict()
-        info["error"] = turn.error
+        info = self._info(turn)
         if episode.done:
             info.update(golden_answers=list(episode.item.golden_answers), prediction=prediction, em=em, f1=f1)
         if self.render_mode == "human":
@@ -447,11 +445,12 @@ class SearchQAEnv(gym.Env[str, str]):
             episode.queries.append(turn.argument)
             if passages is None:
                 return wrap_result(NO_RETRIEVER_NOTICE, self.protocol, self.observation_layout)
+            retrieved_ids = episode.retrieved_ids
             for p in passages:
-                episode.retrieved_ids[p.id] = None
-            if episode.item.gold_titles and not episode.item.gold_passage_ids:  # recall by title only then
-                episode.retrieved_titles.update(p.title for p in passages)
+                retrieved_ids[p.id] = None
             if episode.gold_recall is not None:
+                if episode.item.gold_titles and not episode.item.gold_passage_ids:  # recall by title only then
+                    episode.retrieved_titles.update(p.title for p in passages)
                 episode.gold_recall = self._gold_recall()
             return format_observation(passages, self.protocol, self.observation_layout)
         if self.browser is None:
@@ -462,23 +461,28 @@ class SearchQAEnv(gym.Env[str, str]):
             page = f"Could not open {turn.argument}: {type(exc).__name__}: {exc}"
         return wrap_result(str(page), self.protocol, self.observation_layout)
 
-    def _info(self) -> dict[str, Any]:
-        # Lists are copied (the env appends to its own); message dicts are shared, not copied: do not edit them.
+    def _info(self, turn: Action | None = None) -> dict[str, Any]:
+        """The info of a reset (no ``turn``) or of a step (with its parsed ``turn``), before any episode-end keys.
+        Lists are copied (the env appends to its own); message dicts are shared, not copied: do not edit them."""
         episode = self._episode
         item = episode.item
-        return {
-            "messages": list(episode.messages),
+        info = {
+            "messages": episode.messages.copy(),
             "question": item.question,
             "question_id": item.id,
             "data_source": item.data_source,
             "turn": episode.turn,
             "num_searches": len(episode.queries),
-            "queries": list(episode.queries),
+            "queries": episode.queries.copy(),
             "repeated_queries": episode.repeated_queries,
-            "retrieved_ids": list(episode.retrieved_ids),
+            "retrieved_ids": [*episode.retrieved_ids],
             "gold_recall": episode.gold_recall,
             "corpus_hash": episode.corpus_hash,
         }
+        if turn is not None:
+            info["action"] = {"kind": turn.kind, "argument": turn.argument, "error": turn.error}
+            info["error"] = turn.error
+        return info
 
     def _gold_recall(self) -> float | None:
         """Share of the gold passages retrieved so far (by id, else by title); None when the gold is unknown."""
@@ -519,16 +523,18 @@ def step_batch(envs: Sequence[SearchQAEnv], actions: Sequence[Any]) -> list[tupl
     ``(obs, reward, terminated, truncated, info)`` per env. `SearchQAVectorEnv.step` is built on it."""
     if len(envs) != len(actions):
         raise ValueError(f"got {len(envs)} envs but {len(actions)} actions")
-    for env in envs:
-        if not isinstance(env, SearchQAEnv):
-            raise TypeError(f"step_batch steps SearchQAEnv instances, got {type(env).__name__}; pass env.unwrapped "
+    for kind in dict.fromkeys(map(type, envs)):  # the distinct types, in order: one check per type, not per env
+        if not issubclass(kind, SearchQAEnv):
+            raise TypeError(f"step_batch steps SearchQAEnv instances, got {kind.__name__}; pass env.unwrapped "
                             "(wrappers are not applied by step_batch)")
     turns = [env.read(action) for env, action in zip(envs, actions)]
     passages: list[list[Passage] | None] = [None] * len(envs)
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, (env, turn) in enumerate(zip(envs, turns)):
-        if turn.kind == "search" and env.retriever is not None:
-            groups.setdefault((id(env.retriever), env.topk), []).append(i)
+    for i, turn in enumerate(turns):
+        if turn.kind == "search":
+            env = envs[i]
+            if env.retriever is not None:
+                groups.setdefault((id(env.retriever), env.topk), []).append(i)
     for (_, topk), members in groups.items():
         results = retrieve(envs[members[0]].retriever, [turns[i].argument for i in members], topk)
         for i, result in zip(members, results):

@@ -78,6 +78,9 @@ class Action(NamedTuple):
         return {"kind": self.kind, "argument": self.argument, "error": self.error}
 
 
+_new_tuple = tuple.__new__  # builds a named tuple from all its fields at C speed
+
+
 def _check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
@@ -170,7 +173,7 @@ def parse_action(
             tag, body = single.groups()
             argument = body.strip()
             if argument and (tag == "answer" or tag in tools):
-                return Action(tag, argument)
+                return _new_tuple(Action, (tag, argument, None, None))  # = Action(tag, argument), without its frame
     blocks = _scan_blocks(text)
     if isinstance(blocks, str):
         return Action("invalid", error=blocks)
@@ -232,6 +235,14 @@ def observation_text(observation: str) -> str:
     return "\n" + observation.strip() + "\n"
 
 
+def _doc_opening(rank: int) -> str:
+    """What comes before the rank-th passage's title in the ``"igpo"`` layout (a newline ends the one before)."""
+    return "Doc 1 (Title: " if rank == 1 else f"\nDoc {rank} (Title: "
+
+
+_DOC_OPENINGS = tuple(_doc_opening(rank) for rank in range(1, 33))  # ranks 1..32
+
+
 def format_passages(passages: Sequence[Passage], layout: str = "igpo") -> str:
     """The passages of one search as text.
 
@@ -242,7 +253,11 @@ def format_passages(passages: Sequence[Passage], layout: str = "igpo") -> str:
     if layout == "igpo":
         if not passages:
             return "No results found."
-        return "\n".join([f"Doc {i} (Title: {p.title}) {p.text}" for i, p in enumerate(passages, start=1)])
+        # One join over flat pieces costs half of one f-string per passage joined by newlines (a search's hot path).
+        pieces = []
+        for i, p in enumerate(passages):
+            pieces += (_DOC_OPENINGS[i] if i < 32 else _doc_opening(i + 1), p.title, ") ", p.text)
+        return "".join(pieces)
     _check_layout(layout)  # "search-r1"
     rendered = []
     for i, passage in enumerate(passages, start=1):

@@ -240,21 +240,40 @@ class SearchQAVectorEnv(VectorEnv):
             if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
                 raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},)")
         per_env = {key: _per_env(value, self.num_envs, key) for key, value in options.items()}
-        reset_infos: list[tuple[int, dict]] = []
-        for i in np.flatnonzero(mask):
+        rows = np.flatnonzero(mask).tolist()
+        for i in rows:
             env_options = {key: values[i] for key, values in per_env.items()}
-            self._obs[i], info = self.envs[i].reset(seed=seeds[i], options=env_options)
-            self.last_infos[i] = info
-            reset_infos.append((int(i), info))
+            self._obs[i], self.last_infos[i] = self.envs[i].reset(seed=seeds[i], options=env_options)
         self._terminations[mask] = False
         self._truncations[mask] = False
         self._autoreset[mask] = False
-        return tuple(self._obs), BatchedInfo(partial(self._batch_infos, reset_infos))
+        return tuple(self._obs), BatchedInfo(partial(self._batch_infos, rows, [self.last_infos[i] for i in rows]))
 
     def step(self, actions: Sequence[str]):
         actions = list(actions)
-        if len(actions) != self.num_envs:
-            raise ValueError(f"got {len(actions)} actions for num_envs={self.num_envs}")
+        n = self.num_envs
+        if len(actions) != n:
+            raise ValueError(f"got {len(actions)} actions for num_envs={n}")
+        if not self._autoreset.any() and self.autoreset_mode != AutoresetMode.SAME_STEP:
+            # The usual step: every sub-env acts and none is reset, so the results are the columns as they come.
+            observations, rewards, terminations, truncations, infos = zip(*step_batch(self.envs, actions))
+            self._obs[:] = observations
+            self.last_infos[:] = infos
+            rows = range(n)
+        else:
+            rewards, terminations, truncations, rows, infos = self._step_with_resets(actions)
+        self._terminations = np.array(terminations, dtype=np.bool_)
+        self._truncations = np.array(truncations, dtype=np.bool_)
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
+            self._autoreset[:] = False
+        else:
+            self._autoreset = self._terminations | self._truncations
+        return (tuple(self._obs), np.array(rewards, dtype=np.float64), self._terminations.copy(),
+                self._truncations.copy(), BatchedInfo(partial(self._batch_infos, rows, infos)))
+
+    def _step_with_resets(self, actions: list[str]):
+        """A step where some sub-envs are reset first (``NEXT_STEP``), skipped (``DISABLED``) or reset within it
+        (``SAME_STEP``): ``(rewards, terminations, truncations, rows, infos)``, the infos in sub-env order."""
         infos: list[tuple[int, dict]] = []
         stepping = []
         for i, ended in enumerate(self._autoreset.tolist()):
@@ -271,7 +290,7 @@ class SearchQAVectorEnv(VectorEnv):
         keep = self.autoreset_mode == AutoresetMode.DISABLED
         terminations = self._terminations.tolist() if keep else [False] * self.num_envs
         truncations = self._truncations.tolist() if keep else [False] * self.num_envs
-        if len(stepping) == self.num_envs:  # the usual step: every sub-env acts
+        if len(stepping) == self.num_envs:
             results = step_batch(self.envs, actions)
         else:
             results = step_batch([self.envs[i] for i in stepping], [actions[i] for i in stepping])
@@ -285,34 +304,27 @@ class SearchQAVectorEnv(VectorEnv):
             self._obs[i] = obs
             self.last_infos[i] = info
             infos.append((i, info))
-        self._terminations = np.array(terminations, dtype=np.bool_)
-        self._truncations = np.array(truncations, dtype=np.bool_)
-        if self.autoreset_mode == AutoresetMode.SAME_STEP:
-            self._autoreset[:] = False
-        else:
-            self._autoreset = self._terminations | self._truncations
         if len(infos) > len(stepping):  # some sub-envs were reset first: back into sub-env order
             infos.sort(key=lambda pair: pair[0])
-        return (tuple(self._obs), np.array(rewards, dtype=np.float64), self._terminations.copy(),
-                self._truncations.copy(), BatchedInfo(partial(self._batch_infos, infos)))
+        rows, dicts = zip(*infos) if infos else ((), ())
+        return rewards, terminations, truncations, rows, dicts
 
-    def _batch_infos(self, infos: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    def _batch_infos(self, rows: Sequence[int], dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Gymnasium's batched info layout (``info[key]``: one entry per sub-env, ``info["_key"]``: which sub-envs
         have it; nested dicts batched recursively; ``final_obs`` an object array), built one column per key.
 
         Unlike `VectorEnv._add_info`, a key whose values mix types (e.g. ``gold_recall`` None for some questions, a
         float for others) becomes an object array instead of failing."""
-        if not infos:
+        if not dicts:
             return {}
-        rows = [i for i, _ in infos]
-        dicts = [info for _, info in infos]
+        rows = list(rows)
         try:  # the usual case: every sub-env reports the same keys (as many as the first, and each of its keys)
             if set(map(len, dicts)) != {len(dicts[0])}:
                 raise KeyError
             columns = {key: (rows, [info[key] for info in dicts]) for key in dicts[0]}
         except KeyError:
             columns = {}
-            for i, info in infos:
+            for i, info in zip(rows, dicts):
                 for key, value in info.items():
                     column = columns.setdefault(key, ([], []))
                     column[0].append(i)
@@ -331,7 +343,7 @@ class SearchQAVectorEnv(VectorEnv):
         kinds = set(map(type, values))
         kind = kinds.pop() if len(kinds) == 1 and key != "final_obs" else object
         if kind is dict:
-            return self._batch_infos(list(zip(rows, values)))
+            return self._batch_infos(rows, values)
         full = len(rows) == self.num_envs
         if kind in (int, float, bool) or issubclass(kind, np.number):
             if full:
