@@ -9,8 +9,9 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -36,6 +37,8 @@ from igpo_envs.tasks.datasets import load_questions
 from igpo_envs.types import Passage, QAItem
 
 REWARD_METRICS = {"f1": f1_score, "em": exact_match}
+
+_new_tuple = tuple.__new__  # builds a named tuple from all its fields at C speed
 
 #: Longest observation / action text the spaces admit (characters). Prompts plus top-k passages are far shorter.
 #: (`MAX_ACTION_CHARS` lives with the parser, which refuses longer turns unread.)
@@ -176,6 +179,55 @@ class _Episode:
     retrieved_titles: set[str] = field(default_factory=set)
     gold_recall: float | None = None
     done: bool = False
+
+
+class InfoSnapshot(NamedTuple):
+    """One reset's or step's ``info``, kept as what it takes to build it: the episode and how far each of its
+    histories reached then (an episode only appends to them, so those prefixes are what the info lists).
+
+    Taking one is a tuple; building the dict copies three history lists, which touches every message, query and
+    passage id so far. `SearchQAVectorEnv` keeps snapshots and builds a sub-env's info the first time it is read.
+    `build` returns the same dict every time."""
+
+    info: dict[str, Any]  # empty until `build` fills it
+    episode: _Episode
+    messages: int
+    queries: int
+    retrieved: int
+    turn: int
+    repeated_queries: int
+    gold_recall: float | None
+    action: Action | None  # None for a reset
+    ending: tuple[str | None, float, float] | None  # (prediction, em, f1) when the step ended the episode
+
+    def build(self) -> dict[str, Any]:
+        """The info dict. Lists are fresh copies; message dicts are shared with the env: do not edit them."""
+        info = self.info
+        if info:
+            return info
+        episode = self.episode
+        item = episode.item
+        retrieved = episode.retrieved_ids
+        info.update(
+            messages=episode.messages[:self.messages],
+            question=item.question,
+            question_id=item.id,
+            data_source=item.data_source,
+            turn=self.turn,
+            num_searches=self.queries,
+            queries=episode.queries[:self.queries],
+            repeated_queries=self.repeated_queries,
+            retrieved_ids=[*retrieved] if self.retrieved == len(retrieved) else [*islice(retrieved, self.retrieved)],
+            gold_recall=self.gold_recall,
+            corpus_hash=episode.corpus_hash,
+        )
+        if self.action is not None:
+            info["action"] = {"kind": self.action.kind, "argument": self.action.argument, "error": self.action.error}
+            info["error"] = self.action.error
+        if self.ending is not None:
+            prediction, em, f1 = self.ending
+            info.update(golden_answers=list(item.golden_answers), prediction=prediction, em=em, f1=f1)
+        return info
 
 
 class SearchQAEnv(gym.Env[str, str]):
@@ -373,7 +425,7 @@ class SearchQAEnv(gym.Env[str, str]):
         self._episode.gold_recall = self._gold_recall()
         if self.render_mode == "human":
             self.render()
-        return prompt, self._info()
+        return prompt, self._snapshot(None).build()
 
     def _shuffle(self) -> None:
         self._order = self.np_random.permutation(len(self.items))
@@ -395,7 +447,8 @@ class SearchQAEnv(gym.Env[str, str]):
         passages = None
         if turn.kind == "search" and self.retriever is not None:
             (passages,) = retrieve(self.retriever, [turn.argument], self.topk)
-        return self.advance(action, turn, passages)
+        observation, reward, terminated, truncated, info = self.advance(action, turn, passages)
+        return observation, reward, terminated, truncated, info.build()
 
     def read(self, action: Any) -> Action:
         """The parsed turn (`parse_action` with this env's protocol and tools). Raises `ResetNeeded` when no
@@ -407,7 +460,7 @@ class SearchQAEnv(gym.Env[str, str]):
     def advance(self, action: Any, turn: Action, passages: Sequence[Passage] | None):
         """The rest of a step once `read` parsed ``action`` into ``turn`` and a search turn's ``passages`` were
         retrieved (None without a retriever): record the turn, reward it, and return ``(observation, reward,
-        terminated, truncated, info)``."""
+        terminated, truncated, info)``, the info as an `InfoSnapshot` (``.build()`` gives the dict)."""
         episode = self._episode
         episode.turn += 1
         episode.messages.append({"role": "assistant", "content": action if isinstance(action, str) else repr(action)})
@@ -426,9 +479,7 @@ class SearchQAEnv(gym.Env[str, str]):
             truncated = episode.turn >= self.max_turns
             reward = self.no_answer_reward if truncated else 0.0  # out of turns without an answer
         episode.done = terminated or truncated
-        info = self._info(turn)
-        if episode.done:
-            info.update(golden_answers=list(episode.item.golden_answers), prediction=prediction, em=em, f1=f1)
+        info = self._snapshot(turn, (prediction, em, f1) if episode.done else None)
         if self.render_mode == "human":
             self.render()
         return observation, reward, terminated, truncated, info
@@ -461,28 +512,11 @@ class SearchQAEnv(gym.Env[str, str]):
             page = f"Could not open {turn.argument}: {type(exc).__name__}: {exc}"
         return wrap_result(str(page), self.protocol, self.observation_layout)
 
-    def _info(self, turn: Action | None = None) -> dict[str, Any]:
-        """The info of a reset (no ``turn``) or of a step (with its parsed ``turn``), before any episode-end keys.
-        Lists are copied (the env appends to its own); message dicts are shared, not copied: do not edit them."""
+    def _snapshot(self, turn: Action | None, ending: tuple[str | None, float, float] | None = None) -> InfoSnapshot:
         episode = self._episode
-        item = episode.item
-        info = {
-            "messages": episode.messages.copy(),
-            "question": item.question,
-            "question_id": item.id,
-            "data_source": item.data_source,
-            "turn": episode.turn,
-            "num_searches": len(episode.queries),
-            "queries": episode.queries.copy(),
-            "repeated_queries": episode.repeated_queries,
-            "retrieved_ids": [*episode.retrieved_ids],
-            "gold_recall": episode.gold_recall,
-            "corpus_hash": episode.corpus_hash,
-        }
-        if turn is not None:
-            info["action"] = {"kind": turn.kind, "argument": turn.argument, "error": turn.error}
-            info["error"] = turn.error
-        return info
+        return _new_tuple(InfoSnapshot, ({}, episode, len(episode.messages), len(episode.queries),
+                                         len(episode.retrieved_ids), episode.turn, episode.repeated_queries,
+                                         episode.gold_recall, turn, ending))  # = InfoSnapshot(...), without a frame
 
     def _gold_recall(self) -> float | None:
         """Share of the gold passages retrieved so far (by id, else by title); None when the gold is unknown."""
@@ -517,10 +551,12 @@ def retrieve(retriever: Retriever, queries: list[str], topk: int) -> list[list[P
     return [result if type(result) is list and len(result) <= topk else list(result)[:topk] for result in results]
 
 
-def step_batch(envs: Sequence[SearchQAEnv], actions: Sequence[Any]) -> list[tuple[str, float, bool, bool, dict]]:
+def step_batch(envs: Sequence[SearchQAEnv], actions: Sequence[Any], *,
+               build_infos: bool = True) -> list[tuple[str, float, bool, bool, dict | InfoSnapshot]]:
     """Step many envs at once, as `SearchQAEnv.step` steps one: `SearchQAEnv.read` every action, answer all searches
     that share a retriever (and ``topk``) with ONE batched search, then `SearchQAEnv.advance` each env. Returns one
-    ``(obs, reward, terminated, truncated, info)`` per env. `SearchQAVectorEnv.step` is built on it."""
+    ``(obs, reward, terminated, truncated, info)`` per env; with ``build_infos=False`` each info is an `InfoSnapshot`
+    (``.build()`` gives the dict). `SearchQAVectorEnv.step` is built on it."""
     if len(envs) != len(actions):
         raise ValueError(f"got {len(envs)} envs but {len(actions)} actions")
     for kind in dict.fromkeys(map(type, envs)):  # the distinct types, in order: one check per type, not per env
@@ -539,4 +575,8 @@ def step_batch(envs: Sequence[SearchQAEnv], actions: Sequence[Any]) -> list[tupl
         results = retrieve(envs[members[0]].retriever, [turns[i].argument for i in members], topk)
         for i, result in zip(members, results):
             passages[i] = result
-    return [env.advance(action, turn, p) for env, action, turn, p in zip(envs, actions, turns, passages)]
+    results = [env.advance(action, turn, p) for env, action, turn, p in zip(envs, actions, turns, passages)]
+    if build_infos:
+        return [(obs, reward, terminated, truncated, info.build())
+                for obs, reward, terminated, truncated, info in results]
+    return results

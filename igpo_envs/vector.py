@@ -17,7 +17,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from igpo_envs.arguments import integer
-from igpo_envs.env import SearchQAEnv, step_batch
+from igpo_envs.env import InfoSnapshot, SearchQAEnv, step_batch
 
 
 class BatchedInfo(dict):
@@ -118,6 +118,32 @@ class BatchedInfo(dict):
     __hash__ = None
 
 
+class SubEnvInfos(Sequence):
+    """Each sub-env's latest info dict (`SearchQAVectorEnv.last_infos`), a plain dict built the first time it is
+    read: a step keeps each sub-env's `InfoSnapshot`, and an info nobody reads is never built."""
+
+    def __init__(self, num_envs: int):
+        self._infos: list[dict[str, Any] | InfoSnapshot] = [{} for _ in range(num_envs)]
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        info = self._infos[index]
+        return info.build() if isinstance(info, InfoSnapshot) else info
+
+    def __setitem__(self, index, info) -> None:
+        self._infos[index] = info
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"SubEnvInfos({list(self)!r})"
+
+
 def _per_env(value: Any, num_envs: int, name: str) -> list[Any]:
     """An option given once for all sub-envs, or as a sequence with one entry per sub-env."""
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -205,7 +231,7 @@ class SearchQAVectorEnv(VectorEnv):
         self._truncations = np.zeros(self.num_envs, dtype=np.bool_)
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         #: The latest info dict of each sub-env, unbatched (what per-episode agents and evaluators read).
-        self.last_infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        self.last_infos = SubEnvInfos(self.num_envs)
 
     # Shared settings, read by agents and the trainer.
     @property
@@ -256,7 +282,8 @@ class SearchQAVectorEnv(VectorEnv):
             raise ValueError(f"got {len(actions)} actions for num_envs={n}")
         if not self._autoreset.any() and self.autoreset_mode != AutoresetMode.SAME_STEP:
             # The usual step: every sub-env acts and none is reset, so the results are the columns as they come.
-            observations, rewards, terminations, truncations, infos = zip(*step_batch(self.envs, actions))
+            results = step_batch(self.envs, actions, build_infos=False)
+            observations, rewards, terminations, truncations, infos = zip(*results)
             self._obs[:] = observations
             self.last_infos[:] = infos
             rows = range(n)
@@ -291,14 +318,14 @@ class SearchQAVectorEnv(VectorEnv):
         terminations = self._terminations.tolist() if keep else [False] * self.num_envs
         truncations = self._truncations.tolist() if keep else [False] * self.num_envs
         if len(stepping) == self.num_envs:
-            results = step_batch(self.envs, actions)
+            results = step_batch(self.envs, actions, build_infos=False)
         else:
-            results = step_batch([self.envs[i] for i in stepping], [actions[i] for i in stepping])
+            results = step_batch([self.envs[i] for i in stepping], [actions[i] for i in stepping], build_infos=False)
         same_step = self.autoreset_mode == AutoresetMode.SAME_STEP
         for i, (obs, reward, terminated, truncated, info) in zip(stepping, results):
             rewards[i], terminations[i], truncations[i] = reward, terminated, truncated
             if same_step and (terminated or truncated):
-                final = {"final_obs": obs, "final_info": info}
+                final = {"final_obs": obs, "final_info": info.build()}
                 obs, info = self.envs[i].reset()
                 info = {**info, **final}
             self._obs[i] = obs
@@ -309,7 +336,7 @@ class SearchQAVectorEnv(VectorEnv):
         rows, dicts = zip(*infos) if infos else ((), ())
         return rewards, terminations, truncations, rows, dicts
 
-    def _batch_infos(self, rows: Sequence[int], dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def _batch_infos(self, rows: Sequence[int], dicts: Sequence[dict[str, Any] | InfoSnapshot]) -> dict[str, Any]:
         """Gymnasium's batched info layout (``info[key]``: one entry per sub-env, ``info["_key"]``: which sub-envs
         have it; nested dicts batched recursively; ``final_obs`` an object array), built one column per key.
 
@@ -318,6 +345,7 @@ class SearchQAVectorEnv(VectorEnv):
         if not dicts:
             return {}
         rows = list(rows)
+        dicts = [info.build() if isinstance(info, InfoSnapshot) else info for info in dicts]
         try:  # the usual case: every sub-env reports the same keys (as many as the first, and each of its keys)
             if set(map(len, dicts)) != {len(dicts[0])}:
                 raise KeyError
