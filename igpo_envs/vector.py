@@ -137,6 +137,10 @@ class SubEnvInfos(Sequence):
     def __setitem__(self, index, info) -> None:
         self._infos[index] = info
 
+    def held(self, index: int) -> dict[str, Any] | InfoSnapshot:
+        """Sub-env ``index``'s info as held: a dict, or the `InfoSnapshot` it will be built from."""
+        return self._infos[index]
+
     def __eq__(self, other) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
 
@@ -269,11 +273,11 @@ class SearchQAVectorEnv(VectorEnv):
         rows = np.flatnonzero(mask).tolist()
         for i in rows:
             env_options = {key: values[i] for key, values in per_env.items()}
-            self._obs[i], self.last_infos[i] = self.envs[i].reset(seed=seeds[i], options=env_options)
+            self._obs[i], self.last_infos[i] = self.envs[i].start(seed=seeds[i], options=env_options)
         self._terminations[mask] = False
         self._truncations[mask] = False
         self._autoreset[mask] = False
-        return tuple(self._obs), BatchedInfo(partial(self._batch_infos, rows, [self.last_infos[i] for i in rows]))
+        return tuple(self._obs), BatchedInfo(partial(self._batch_infos, rows, [self.last_infos.held(i) for i in rows]))
 
     def step(self, actions: Sequence[str]):
         actions = list(actions)
@@ -307,7 +311,7 @@ class SearchQAVectorEnv(VectorEnv):
             if not ended:
                 stepping.append(i)
             elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
-                self._obs[i], info = self.envs[i].reset()
+                self._obs[i], info = self.envs[i].start()
                 self.last_infos[i] = info
                 infos.append((i, info))
             else:  # DISABLED: an ended sub-env that was not reset is skipped

@@ -81,7 +81,7 @@ def test_vector_infos_read_late_are_those_of_their_step():
     batched, held = [first], []
     for turn in TURNS:
         batched.append(venv.step([turn, "<search> Zorblat planet </search>"])[4])
-        held.append(venv.last_infos._infos[0])  # sub-env 0's snapshot, not read yet
+        held.append(venv.last_infos.held(0))  # sub-env 0's snapshot, not read yet
     assert all(isinstance(snapshot, InfoSnapshot) for snapshot in held) and not any(s.info for s in held)
     venv.step(["<search> ignored: sub-env 0 is reset now </search>", "<answer> Quenn </answer>"])
     for info, expected in zip(batched, expected_infos()):
@@ -106,7 +106,7 @@ def test_late_reads_match_eager_reads_over_random_episodes():
             read_now.append(eager.step(turns)[4].copy())
             now_last.append(list(eager.last_infos))
             read_later.append(lazy.step(turns)[4])
-            later_last.append(list(lazy.last_infos._infos))
+            later_last.append([lazy.last_infos.held(i) for i in range(3)])
         later_last = [[info.build() if isinstance(info, InfoSnapshot) else info for info in infos]
                       for infos in later_last]
         assert later_last == now_last
