@@ -166,7 +166,8 @@ class SearchQAVectorEnv(VectorEnv):
 
     Observations are a tuple of strings (as `SyncVectorEnv` gives for `spaces.Text`); rewards, terminations and
     truncations are numpy arrays; infos are batched the Gymnasium way (``info[key]`` arrays with ``info["_key"]``
-    masks), built when first read (`BatchedInfo`); ``last_infos`` holds each sub-env's own latest info.
+    masks), built when first read (`BatchedInfo`); ``last_infos`` holds each sub-env's own latest info, also built
+    when first read (`SubEnvInfos`).
 
     Reset options (scalars apply to every sub-env, sequences give one value per sub-env):
     ``question_index`` / ``question_id`` pin questions, e.g. ``{"question_index": [i, i, i, i, j, j, j, j]}`` for two
