@@ -3,11 +3,13 @@
     python benchmarks/demo_budget.py                       # the full demo (3 RL seeds per method), budget 600 s
     python benchmarks/demo_budget.py --budget 600 -- --seeds 1
 
-Runs ``igpo-demo`` in a child process and measures its CPU time (user + sys, `resource.getrusage` of the child) next
-to its wall-clock. CPU time is the figure to hold against the budget: the demo runs one torch thread and serial BM25,
-so on idle cores its wall-clock is its CPU time, while on a machine shared with other jobs the wall-clock only says
-how busy the machine was. Exits 1 when the CPU time is over the budget. Writes ``demo_budget.json`` under ``--out``
-with the demo's own stage timings (from its results.json).
+Runs ``igpo-demo`` in a child process and holds its CPU-time critical path against the budget: the CPU seconds of
+the serial stages (model, warm start, diagnostics; one torch thread and serial BM25) plus the RL runs' own CPU
+seconds scheduled over the worker processes as the demo's pool runs them (``cpu_budget`` in its results.json). That
+is the demo's wall-clock on idle cores, and unlike the wall-clock it does not grow when other jobs share the machine.
+Also reports the wall-clock and the total CPU time of the demo and its workers (`resource.getrusage` of children).
+Exits 1 when the critical path is over the budget. Writes ``demo_budget.json`` under ``--out`` with the demo's own
+stage timings.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             return proc.returncode
         report = json.loads((Path(tmp) / "results.json").read_text())
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    critical = report["cpu_budget"]["critical_path_cpu_seconds"]
     record = {
-        "demo_args": args.demo_args, "budget_cpu_seconds": args.budget, "cpu_seconds": cpu, "wall_seconds": wall,
-        "within_budget": cpu <= args.budget, "rl_seeds": report["settings"]["rl_seeds"],
+        "demo_args": args.demo_args, "budget_cpu_seconds": args.budget, "critical_path_cpu_seconds": critical,
+        "total_cpu_seconds": cpu, "wall_seconds": wall, "within_budget": critical <= args.budget,
+        "cpu_budget": report["cpu_budget"], "rl_seeds": report["settings"]["rl_seeds"],
         "steps": report["settings"]["steps"], "stage_seconds": report["timings"],
         "warm_start": {k: report["sft"][k] for k in ("steps", "epochs", "converged") if k in report["sft"]},
         "numerics": report.get("numerics"), "load_average_at_end": os.getloadavg(),
@@ -54,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_budget.json").write_text(json.dumps(record, indent=1))
     verdict = "within" if record["within_budget"] else "OVER"
-    print(f"igpo-demo {' '.join(args.demo_args)}: CPU {cpu:.0f} s ({verdict} the {args.budget:.0f} s budget), "
-          f"wall {wall:.0f} s, load average at the end {record['load_average_at_end'][0]:.1f}; stages (wall s): "
+    print(f"igpo-demo {' '.join(args.demo_args)}: CPU-time critical path {critical:.0f} s ({verdict} the "
+          f"{args.budget:.0f} s budget; {report['cpu_budget']['workers']} RL worker(s)), total CPU {cpu:.0f} s, wall "
+          f"{wall:.0f} s, load average at the end {record['load_average_at_end'][0]:.1f}; stages (wall s): "
           + ", ".join(f"{k} {v:.0f}" for k, v in report["timings"].items()))
     return 0 if record["within_budget"] else 1
 

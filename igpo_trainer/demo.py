@@ -61,20 +61,20 @@ class DemoSettings:
     # `sft_check_episodes` questions), at most `sft_max_epochs` epochs.
     sft_examples: int = 2000
     sft_max_epochs: float = 8.0
-    sft_lr: float = 2e-3
+    sft_lr: float = 4e-3
     sft_batch_size: int = 8
-    sft_check_every: int = 250
+    sft_check_every: int = 125
     sft_check_episodes: int = 64
     min_validity: float = 0.95
-    min_copy_accuracy: float = 0.85
-    min_query_copy: float = 0.85
+    min_copy_accuracy: float = 0.8
+    min_query_copy: float = 0.75
     # Plan mix of the demonstrations (`igpo_trainer.warmstart.demonstrations`): mostly the naive "search the question"
     # opening, so the start rarely searches right and outcome-only GRPO meets many all-equal groups.
-    naive_share: float = 0.9
+    naive_share: float = 0.75
     recover_share: float = 0.1
     # Share of `reading` demonstrations (oracle plan, opening search out of the loss): they teach copying names off
     # passages on most demonstrations without teaching the start policy to open with the right query.
-    sft_reading_share: float = 0.6
+    sft_reading_share: float = 0.5
     steps: int = 20
     rl_seeds: int = 3
     questions_per_step: int = 4

@@ -11,9 +11,10 @@ learn. So the demonstrations mix three plans (`PLANS`):
   searches the name the top passage states, and the answer is what the top passage states for the asked relation.
   This is right when the naive query happened to retrieve the right passage and wrong otherwise (a wrong-query error,
   never a wrong-reading one), so the reading skill taught stays clean;
-- ``reading``: the oracle plan with its opening search as context, out of the loss. It teaches reading (copying the
-  names a passage states into the next query and the answer) and nothing about which query to open with, so reading
-  can be taught on every demonstration while the opening the start policy learns stays the mix of the other plans.
+- ``reading``: the oracle plan with the choice of its opening query out of the loss (the query's first word: the
+  alias's, where the naive query has the question's). It teaches copying (the rest of the alias into the query, the
+  names a passage states into the next query and the answer) and nothing about which query to open with, so copying
+  can be taught on most demonstrations while the opening the start policy learns stays the mix of the other plans.
 
 Every trajectory is played in the real env (so observations are the retriever's real passages) and tokenised with the
 trainer's own rendering (`igpo_envs.transcript`): prompt through the chat template,
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from igpo_envs.hf_tokenizer import load_tokenizer
-from igpo_envs.transcript import render_turns
+from igpo_envs.transcript import render_turns, turn_encoding
 
 PLANS = ("oracle", "naive_recover", "naive_read", "reading")
 _SYNTH_ID = re.compile(r"^synth-(\d+)$")
@@ -117,19 +118,26 @@ def _read_along(world, base, item, relations: Sequence[str], query: str, search)
 
 
 def render_trajectory(tokenizer, prompt: str, turns: Sequence[tuple[str, str | None]], *,
-                      context_turns: int = 0) -> dict[str, list[int]]:
+                      hide_opening_choice: bool = False) -> dict[str, list[int]]:
     """Token ids and loss mask of one trajectory, exactly as `igpo_trainer.rollout.run_episodes` builds a rollout
     (`igpo_envs.transcript.render_turns`): ``completion_mask`` is 1 on policy-turn tokens and the closing EOS, 0 on
-    the prompt and on observations, and 0 on the first ``context_turns`` policy turns (context, not taught)."""
+    the prompt and on observations.
+
+    ``hide_opening_choice``: the token(s) of the opening query's first word are out of the loss too. That word is the
+    choice of query (the question's first word or the alias's); the rest of the query is copying, which stays taught.
+    """
     transcript = render_turns(tokenizer, prompt, turns)
     mask = list(transcript.agent_mask)
-    turn, inside = 0, False
-    for i, agent in enumerate(mask):
-        if agent and not inside:
-            turn += 1
-        inside = bool(agent)
-        if agent and turn <= context_turns:
-            mask[i] = 0
+    if hide_opening_choice:
+        action = turns[0][0]
+        ids, offsets = turn_encoding(tokenizer, action)
+        word = re.search(r">\s*(\S+)", action)  # the first word after the opening tag
+        first = mask.index(1)
+        if word is None or transcript.ids[first:first + len(ids)] != ids:
+            raise ValueError(f"cannot find the opening query's first word in {action!r}")
+        for k, (begin, end) in enumerate(offsets):
+            if begin < word.end(1) and end > word.start(1):
+                mask[first + k] = 0
     # The policy learns to stop after its answer.
     return {"input_ids": transcript.ids + [tokenizer.eos_token_id], "completion_mask": mask + [1]}
 
@@ -160,7 +168,7 @@ def demonstrations(env, tokenizer, num: int, *, naive_share: float = 0.5, recove
         else:
             plan = "oracle"
         prompt, turns, info = script_trajectory(env, index, plan)
-        rows.append(render_trajectory(tokenizer, prompt, turns, context_turns=int(plan == "reading")))
+        rows.append(render_trajectory(tokenizer, prompt, turns, hide_opening_choice=plan == "reading"))
         ems.append(float(info.get("em", 0.0)))
         plans.append(plan)
     stats = {f"share_{p}": plans.count(p) / max(1, num) for p in PLANS}
