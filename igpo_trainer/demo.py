@@ -79,7 +79,7 @@ class DemoSettings:
     rl_seeds: int = 3
     questions_per_step: int = 4
     num_generations: int = 8
-    learning_rate: float = 2e-4
+    learning_rate: float = 4e-4
     max_turn_length: int = 24
     max_completion_length: int = 320
     eval_every: int = 10
