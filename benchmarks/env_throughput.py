@@ -16,6 +16,11 @@ spin to whatever runs next.
 
     python benchmarks/env_throughput.py                     # 100k and 1M (1M needs ~3 GB and a few minutes)
     python benchmarks/env_throughput.py --sizes 100000 --write BENCHMARKS.md
+    python benchmarks/env_throughput.py --sizes 100000 --warm   # the env's own logic with warm caches (diagnostic)
+
+``--warm`` answers the env's searches from a memo and leaves raw bm25s out: what the env's Python costs when nothing
+evicts its state from the CPU caches. In the real run, bm25s streams a score array of every passage per query between
+two env steps, so the env's own logic there also pays for reading its episodes back from memory.
 """
 
 from __future__ import annotations
@@ -100,6 +105,20 @@ def timed_pass(search, envs, steps: list[list[str]], topk: int, num_envs: int) -
     return raw, env
 
 
+def memoized(search):
+    """``search`` that answers a batch of queries it has seen with its first answer (the same passages in fresh
+    lists): retrieval then costs next to nothing and touches nothing new, so the CPU caches stay warm."""
+    answers = {}
+
+    def answer(queries, topk):
+        key = (tuple(queries), topk)
+        if key not in answers:
+            answers[key] = search(queries, topk)
+        return [list(result) for result in answers[key]]
+
+    return answer
+
+
 def time_calls(obj, method: str) -> Clock:
     """Wrap ``obj.method`` (as an instance attribute) to add up the time spent in it; returns the running total."""
     total = Clock()
@@ -141,6 +160,10 @@ def benchmark_size(num_docs: int, args, cache_root: Path) -> dict:
     plans = [item.metadata["oracle_queries"] for item in envs.unwrapped.items]
     steps = [[plan[t % len(plan)] for plan in plans] for t in range(args.steps)]
     search = raw_bm25s(retriever)
+    if args.warm:  # the env alone, its retriever memoized: raw bm25s idles (see --warm)
+        envs.unwrapped.retriever.search = memoized(envs.unwrapped.retriever.search)
+        search = lambda queries, topk: None  # noqa: E731
+        timed_pass(search, envs, steps, args.topk, args.num_envs)  # fills the memo
     timed_pass(search, envs, steps[:SEARCHES_PER_EPISODE], args.topk, args.num_envs)  # warm-up: numba, page cache
     in_retriever = time_calls(envs.unwrapped.retriever, "search")  # splits env time: retrieval vs env logic
     raw, env = Clock(), Clock()
@@ -149,16 +172,19 @@ def benchmark_size(num_docs: int, args, cache_root: Path) -> dict:
         raw += r
         env += e
     del envs.unwrapped.retriever.search  # drop the timing wrapper
-    if args.profile:
+    if args.profile and not args.warm:
         print_profile(lambda: timed_pass(search, envs, steps, args.topk, args.num_envs), num_docs)
     envs.close()
     del passages
     queries = args.repeats * len(steps) * args.num_envs
+    logic_us = 1e6 * (env.thread - in_retriever.thread) / queries
+    if args.warm:
+        return dict(num_docs=num_docs, queries=queries, logic_us=logic_us)
     return dict(num_docs=num_docs, generation=generation, build=build, queries=queries, threads=retriever.n_threads,
                 raw=queries / raw.wall, env=queries / env.wall, ratio=raw.wall / env.wall,
                 cpu_ratio=raw.cpu / env.cpu, raw_us=1e6 * raw.cpu / queries,
                 retrieval_us=1e6 * in_retriever.cpu / queries,
-                logic_us=1e6 * (env.thread - in_retriever.thread) / queries)
+                logic_us=logic_us)
 
 
 def format_table(rows: list[dict], num_envs: int, topk: int) -> str:
@@ -198,7 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", default=None, help="index cache root (default: a temporary dir, removed)")
     parser.add_argument("--write", default=None, help="write the table into this BENCHMARKS.md")
     parser.add_argument("--profile", action="store_true", help="also cProfile one pass per size and print it")
+    parser.add_argument("--warm", action="store_true",
+                        help="diagnostic: the env alone, its searches answered from a memo of their first answers and "
+                             "raw bm25s left out, so no retrieval evicts the env's state from the CPU caches between "
+                             "steps; prints the env's own logic per search with warm caches (no throughput, no ratios)")
     args = parser.parse_args(argv)
+    if args.warm and args.write:
+        parser.error("--warm measures the env's own logic alone; it writes no table (drop --write)")
     sizes = [int(s) for s in args.sizes.split(",")]
 
     cache_root = Path(args.cache_dir or tempfile.mkdtemp(prefix="igpo-env-throughput-"))
@@ -206,10 +238,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for num_docs in sizes:
             rows.append(benchmark_size(num_docs, args, cache_root))
+            if args.warm:
+                print(f"{num_docs:,} passages, warm caches (--warm): the env's own logic "
+                      f"{rows[-1]['logic_us']:.1f} CPU µs/search over {rows[-1]['queries']:,} searches", flush=True)
+                continue
             print(format_table(rows[-1:], args.num_envs, args.topk), flush=True)
     finally:
         if args.cache_dir is None:
             shutil.rmtree(cache_root, ignore_errors=True)
+    if args.warm:
+        return
     table = format_table(rows, args.num_envs, args.topk)
     print(table)
     if args.write:
