@@ -68,6 +68,9 @@ class DemoSettings:
     min_validity: float = 0.95
     min_copy_accuracy: float = 0.8
     min_query_copy: float = 0.75
+    # The start must open with the alias sometimes, or RL (either method) has nothing to reinforce in 20 steps: the
+    # mean probability of the alias's first word at the opening, on the checked questions.
+    min_opening_share: float = 0.05
     # Plan mix of the demonstrations (`igpo_trainer.warmstart.demonstrations`): mostly the naive "search the question"
     # opening, so the start rarely searches right and outcome-only GRPO meets many all-equal groups.
     naive_share: float = 0.75
@@ -102,7 +105,8 @@ class DemoSettings:
         from igpo_trainer.warmstart import ConvergenceCriterion
 
         return ConvergenceCriterion(min_validity=self.min_validity, min_copy_accuracy=self.min_copy_accuracy,
-                                    min_query_copy=self.min_query_copy, check_every=self.sft_check_every,
+                                    min_query_copy=self.min_query_copy, min_opening_share=self.min_opening_share,
+                                    check_every=self.sft_check_every,
                                     episodes=self.sft_check_episodes, max_epochs=self.sft_max_epochs)
 
 
@@ -232,13 +236,24 @@ def converged_warm_start(base_dir: Path, out_dir: Path, settings: DemoSettings, 
         return evaluate_policy(model, tokenizer, settings, episodes=settings.sft_check_episodes, seed=10_000 + seed,
                                keep_episodes=True, oracle_opening=True)["per_episode"]
 
+    from igpo_trainer.trainer import make_env_from_id
+    from igpo_trainer.warmstart import opening_word_probability
+
+    items = make_env_from_id(ENV_ID, **settings.env_kwargs("eval")).unwrapped.items[: settings.sft_check_episodes]
+    prompts = [PROMPT.format(question=item.question) for item in items]
+    oracle_openings = [f"<search> {item.metadata['oracle_queries'][0]} </search>" for item in items]
+
+    def opening_share(model) -> float:
+        return opening_word_probability(model, tokenizer, prompts, oracle_openings)
+
     passages = get_world(settings.num_docs, settings.distractors, TASK["seed"]).passages
     reading = [p.contents for p in passages] if settings.sft_read_passages else []
     return warm_start(base_dir, make_train_env(settings), out_dir, num_examples=settings.sft_examples,
                       learning_rate=settings.sft_lr, batch_size=settings.sft_batch_size,
                       naive_share=settings.naive_share, recover_share=settings.recover_share,
                       reading_share=settings.sft_reading_share, seed=seed,
-                      progress=progress, evaluate=held_out, criterion=settings.criterion(), reading_texts=reading)
+                      progress=progress, evaluate=held_out, criterion=settings.criterion(), reading_texts=reading,
+                      opening_share=opening_share)
 
 
 def rl_config(out: Path, settings: DemoSettings, *, seed: int, use_information_gain: bool, progress: bool,

@@ -131,15 +131,47 @@ def render_trajectory(tokenizer, prompt: str, turns: Sequence[tuple[str, str | N
     if hide_opening_choice:
         action = turns[0][0]
         ids, offsets = turn_encoding(tokenizer, action)
-        word = re.search(r">\s*(\S+)", action)  # the first word after the opening tag
+        word_begin, word_end = first_word_span(action)
         first = mask.index(1)
-        if word is None or transcript.ids[first:first + len(ids)] != ids:
-            raise ValueError(f"cannot find the opening query's first word in {action!r}")
+        if transcript.ids[first:first + len(ids)] != ids:
+            raise ValueError(f"the opening turn's tokens differ in the transcript: {action!r}")
         for k, (begin, end) in enumerate(offsets):
-            if begin < word.end(1) and end > word.start(1):
+            if begin < word_end and end > word_begin:
                 mask[first + k] = 0
     # The policy learns to stop after its answer.
     return {"input_ids": transcript.ids + [tokenizer.eos_token_id], "completion_mask": mask + [1]}
+
+
+def first_word_span(action: str) -> tuple[int, int]:
+    """Character span of the first word after an action's opening tag (``<search> Neri Dobe Naki`` -> ``Neri``)."""
+    word = re.search(r">\s*(\S+)", action)
+    if word is None:
+        raise ValueError(f"no word after an opening tag in {action!r}")
+    return word.span(1)
+
+
+def opening_word_probability(model, tokenizer, prompts: Sequence[str], actions: Sequence[str]) -> float:
+    """Mean probability ``model`` gives the first word of ``actions[i]`` (after its opening tag) when it opens
+    an episode of ``prompts[i]``, rendered as rollouts render them: how often it would sample that query's choice."""
+    import torch
+
+    from igpo_envs.transcript import prompt_ids
+
+    probabilities = []
+    for prompt, action in zip(prompts, actions, strict=True):
+        context = prompt_ids(tokenizer, prompt)
+        ids, offsets = turn_encoding(tokenizer, action)
+        begin, end = first_word_span(action)
+        # Tokens up to and including the first word; its probability is the product over its tokens.
+        last = max(k for k, (b, e) in enumerate(offsets) if b < end and e > begin)
+        first = min(k for k, (b, e) in enumerate(offsets) if b < end and e > begin)
+        inputs = torch.tensor([context + ids[: last + 1]], device=model.device)
+        with torch.no_grad():
+            log_probs = model(inputs).logits[0, :-1].float().log_softmax(-1)
+        targets = inputs[0, 1:]
+        positions = range(len(context) + first - 1, len(context) + last)
+        probabilities.append(float(sum(log_probs[t, targets[t]] for t in positions).exp()))
+    return float(np.mean(probabilities)) if probabilities else float("nan")
 
 
 def demonstrations(env, tokenizer, num: int, *, naive_share: float = 0.5, recover_share: float = 0.3,
@@ -193,6 +225,10 @@ class ConvergenceCriterion:
     min_query_copy: float = field(default=0.9, metadata={"help": "share of held-out episodes that found the first "
                                                                  "gold passage and then the next one: copying the "
                                                                  "name read off a passage into the next query"})
+    min_opening_share: float = field(default=0.0, metadata={"help": "mean probability the policy gives the "
+                                                                    "oracle's first query word when it opens a "
+                                                                    "held-out episode: that the start explores the "
+                                                                    "right query sometimes (0: not checked)"})
     check_every: int = field(default=125, metadata={"help": "optimizer steps between checks"})
     episodes: int = field(default=64, metadata={"help": "held-out episodes per check"})
     max_epochs: float = field(default=12.0, metadata={"help": "cap on SFT epochs"})
@@ -221,7 +257,8 @@ def criterion_met(figures: dict[str, float], criterion: ConvergenceCriterion) ->
         return value is not None and not np.isnan(value) and value >= target
 
     return (at_least("validity", criterion.min_validity) and at_least("copy_accuracy", criterion.min_copy_accuracy)
-            and at_least("query_copy", criterion.min_query_copy))
+            and at_least("query_copy", criterion.min_query_copy)
+            and (criterion.min_opening_share <= 0 or at_least("opening_share", criterion.min_opening_share)))
 
 
 def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples: int = 2000, epochs: float = 2.0,
@@ -230,7 +267,8 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
                evaluate: Callable[[Any], Sequence[dict[str, Any]]] | None = None,
                criterion: ConvergenceCriterion | None = None, lr_scheduler_type: str = "cosine",
                examples: Sequence[dict] | None = None, warmup_steps: int = 10,
-               reading_texts: Sequence[str] = ()) -> dict[str, Any]:
+               reading_texts: Sequence[str] = (),
+               opening_share: Callable[[Any], float] | None = None) -> dict[str, Any]:
     """SFT ``model_dir`` on scripted demonstrations of ``env`` with TRL's `SFTTrainer`; save to ``out_dir``.
 
     ``examples``: precomputed rows (``input_ids``, ``completion_mask``, tokenised with ``model_dir``'s tokenizer,
@@ -243,6 +281,9 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
 
     Returns a summary: demonstration stats, final training loss, seconds, and with ``evaluate`` the criterion, whether
     it was reached, at which step and epoch, and the figures of every check.
+
+    ``opening_share`` (model -> the mean probability of the oracle's first query word at the opening, held-out
+    questions) joins every check when given; ``criterion.min_opening_share`` is held against it.
 
     ``reading_texts`` (e.g. the corpus's passages) join the data as plain language modelling, every token in the loss:
     every name then has a trained embedding before the policy must copy it off a passage, including names that no
@@ -302,6 +343,8 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
             was_training = model.training
             model.eval()
             figures = reading_figures(evaluate(model), num_gold)
+            if opening_share is not None:
+                figures["opening_share"] = float(opening_share(model))
             model.train(was_training)
             figures.update(step=state.global_step, epoch=float(state.epoch or 0.0),
                            met=criterion_met(figures, criterion))
@@ -309,8 +352,8 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
             if progress:
                 print(f"[warm start] step {state.global_step} epoch {figures['epoch']:.2f}: validity "
                       f"{figures['validity']:.3f} answer copy {figures['copy_accuracy']:.3f} query copy "
-                      f"{figures['query_copy']:.3f} EM {figures['em']:.3f} gold recall {figures['gold_recall']:.3f}",
-                      flush=True)
+                      f"{figures['query_copy']:.3f} opening share {figures.get('opening_share', float('nan')):.3f} "
+                      f"EM {figures['em']:.3f} gold recall {figures['gold_recall']:.3f}", flush=True)
 
         def on_step_end(self, _args, state, control, model=None, **kwargs):
             if state.global_step % criterion.check_every == 0:

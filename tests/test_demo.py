@@ -108,6 +108,35 @@ def test_reading_figures_and_criterion():
     nothing_found = reading_figures([record(0.0, 0.0)], num_gold=2)
     assert math.isnan(nothing_found["copy_accuracy"]) and not criterion_met(nothing_found, ConvergenceCriterion(
         min_validity=0.0, min_copy_accuracy=0.0, min_query_copy=0.0))  # no evidence: copying was never measured
+    lenient = ConvergenceCriterion(min_validity=0.7, min_copy_accuracy=0.5, min_query_copy=0.6, min_opening_share=0.05)
+    assert not criterion_met(figures, lenient)  # an opening share is required and was not measured
+    assert not criterion_met({**figures, "opening_share": 0.02}, lenient)
+    assert criterion_met({**figures, "opening_share": 0.08}, lenient)
+
+
+def test_opening_word_probability_is_the_policy_s_chance_of_that_query(tiny_start):
+    """The mean probability of the oracle query's first word at the opening, computed as the rollout renders the
+    episode: equal to the model's next-token probability after the prompt and the opening tag (one-token words)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from igpo_envs.hf_tokenizer import load_tokenizer
+    from igpo_envs.transcript import prompt_ids
+    from igpo_trainer.warmstart import opening_word_probability
+
+    path, env = tiny_start
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(path)
+    items = env.unwrapped.items[:3]
+    prompts = [env.unwrapped.reset(options={"question_index": i})[0] for i in range(3)]
+    actions = [f"<search> {item.metadata['oracle_queries'][0]} </search>" for item in items]
+    expected = []
+    for prompt, action in zip(prompts, actions):
+        search, word = tokenizer(action, add_special_tokens=False)["input_ids"][:2]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids(tokenizer, prompt) + [search]])).logits[0, -1]
+        expected.append(logits.softmax(-1)[word].item())
+    got = opening_word_probability(model, tokenizer, prompts, actions)
+    assert 0.0 < got < 1.0 and got == pytest.approx(sum(expected) / 3, rel=1e-5)
 
 
 @pytest.fixture(scope="module")
