@@ -100,8 +100,8 @@ def test_word_tokenizer_policy_stops_at_closing_tags(tmp_path):
     close = tokenizer.convert_tokens_to_ids("</search>")
     # Teach the model one action, repeated, so that greedy decoding writes "</search>" and would go on after it.
     text = tokenizer(" ".join(["<search> Marlo Vesk </search>"] * 6), return_tensors="pt")["input_ids"]
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
-    for _ in range(60):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)  # 3e-2 diverged from some initialisations
+    for _ in range(200):
         optimizer.zero_grad()
         model(input_ids=text, labels=text).loss.backward()
         optimizer.step()
