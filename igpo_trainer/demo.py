@@ -196,12 +196,16 @@ def evaluate_policy(model, tokenizer, settings: DemoSettings, *, episodes: int, 
         model.train(was_training)
 
 
-def first_queries(settings: DemoSettings) -> dict[str, str]:
-    """Question id -> the oracle's first query, for the eval split's questions."""
+def eval_env(settings: DemoSettings):
+    """The eval split's env (start entities never seen in training)."""
     from igpo_trainer.trainer import make_env_from_id
 
-    items = make_env_from_id(ENV_ID, **settings.env_kwargs("eval")).unwrapped.items
-    return {item.id: item.metadata["oracle_queries"][0] for item in items}
+    return make_env_from_id(ENV_ID, **settings.env_kwargs("eval"))
+
+
+def first_queries(settings: DemoSettings) -> dict[str, str]:
+    """Question id -> the oracle's first query, for the eval split's questions."""
+    return {item.id: item.metadata["oracle_queries"][0] for item in eval_env(settings).unwrapped.items}
 
 
 # ---------------------------------------------------------------------------------------------- pipeline pieces
@@ -236,12 +240,12 @@ def converged_warm_start(base_dir: Path, out_dir: Path, settings: DemoSettings, 
         return evaluate_policy(model, tokenizer, settings, episodes=settings.sft_check_episodes, seed=10_000 + seed,
                                keep_episodes=True, oracle_opening=True)["per_episode"]
 
-    from igpo_trainer.trainer import make_env_from_id
     from igpo_trainer.warmstart import opening_word_probability
 
-    items = make_env_from_id(ENV_ID, **settings.env_kwargs("eval")).unwrapped.items[: settings.sft_check_episodes]
-    prompts = [PROMPT.format(question=item.question) for item in items]
-    oracle_openings = [f"<search> {item.metadata['oracle_queries'][0]} </search>" for item in items]
+    checked = eval_env(settings).unwrapped
+    questions = range(min(settings.sft_check_episodes, len(checked.items)))
+    prompts = [checked.reset(options={"question_index": i})[0] for i in questions]  # the env's own prompts
+    oracle_openings = [f"<search> {checked.items[i].metadata['oracle_queries'][0]} </search>" for i in questions]
 
     def opening_share(model) -> float:
         return opening_word_probability(model, tokenizer, prompts, oracle_openings)

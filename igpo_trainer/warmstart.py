@@ -129,25 +129,25 @@ def render_trajectory(tokenizer, prompt: str, turns: Sequence[tuple[str, str | N
     transcript = render_turns(tokenizer, prompt, turns)
     mask = list(transcript.agent_mask)
     if hide_opening_choice:
-        action = turns[0][0]
-        ids, offsets = turn_encoding(tokenizer, action)
-        word_begin, word_end = first_word_span(action)
+        ids, choice = opening_choice(tokenizer, turns[0][0])
         first = mask.index(1)
         if transcript.ids[first:first + len(ids)] != ids:
-            raise ValueError(f"the opening turn's tokens differ in the transcript: {action!r}")
-        for k, (begin, end) in enumerate(offsets):
-            if begin < word_end and end > word_begin:
-                mask[first + k] = 0
+            raise ValueError(f"the opening turn's tokens differ in the transcript: {turns[0][0]!r}")
+        for k in choice:
+            mask[first + k] = 0
     # The policy learns to stop after its answer.
     return {"input_ids": transcript.ids + [tokenizer.eos_token_id], "completion_mask": mask + [1]}
 
 
-def first_word_span(action: str) -> tuple[int, int]:
-    """Character span of the first word after an action's opening tag (``<search> Neri Dobe Naki`` -> ``Neri``)."""
+def opening_choice(tokenizer, action: str) -> tuple[list[int], list[int]]:
+    """Token ids of an agent turn (as `igpo_envs.transcript` renders it) and the positions among them of the tokens
+    covering its first word after the opening tag (``<search> Neri Dobe Naki ...`` -> ``Neri``): the query's choice."""
     word = re.search(r">\s*(\S+)", action)
     if word is None:
         raise ValueError(f"no word after an opening tag in {action!r}")
-    return word.span(1)
+    ids, offsets = turn_encoding(tokenizer, action)
+    begin, end = word.span(1)
+    return ids, [k for k, (b, e) in enumerate(offsets) if b < end and e > begin]
 
 
 def opening_word_probability(model, tokenizer, prompts: Sequence[str], actions: Sequence[str]) -> float:
@@ -160,17 +160,13 @@ def opening_word_probability(model, tokenizer, prompts: Sequence[str], actions: 
     probabilities = []
     for prompt, action in zip(prompts, actions, strict=True):
         context = prompt_ids(tokenizer, prompt)
-        ids, offsets = turn_encoding(tokenizer, action)
-        begin, end = first_word_span(action)
-        # Tokens up to and including the first word; its probability is the product over its tokens.
-        last = max(k for k, (b, e) in enumerate(offsets) if b < end and e > begin)
-        first = min(k for k, (b, e) in enumerate(offsets) if b < end and e > begin)
-        inputs = torch.tensor([context + ids[: last + 1]], device=model.device)
+        ids, choice = opening_choice(tokenizer, action)
+        inputs = torch.tensor([context + ids[: choice[-1] + 1]], device=model.device)
         with torch.no_grad():
             log_probs = model(inputs).logits[0, :-1].float().log_softmax(-1)
-        targets = inputs[0, 1:]
-        positions = range(len(context) + first - 1, len(context) + last)
-        probabilities.append(float(sum(log_probs[t, targets[t]] for t in positions).exp()))
+        # Logits at position t predict token t + 1: the word's probability is the product over its tokens.
+        positions = [len(context) + k - 1 for k in choice]
+        probabilities.append(float(sum(log_probs[t, inputs[0, t + 1]] for t in positions).exp()))
     return float(np.mean(probabilities)) if probabilities else float("nan")
 
 

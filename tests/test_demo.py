@@ -319,3 +319,52 @@ def test_learning_curve_aggregates_seed_bands(tmp_path):
     assert "| grpo_em | 2 |" in lc.summary_table(list(summary.values()))
     lc.plot(results, {"em": 0.0, "f1": 0.0}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_opening_choice_with_real_bpe_tokenizers(real_tokenizer, real_vocab_model_dir):
+    """With Qwen2.5's and SmolLM2's byte-level BPE (where the word's leading space merges into its first token and a
+    name splits into several tokens), the hidden opening choice is exactly the tokens of the query's first word, and
+    its probability is the product of the model's next-token probabilities over those tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from igpo_envs.transcript import prompt_ids
+    from igpo_trainer.warmstart import opening_choice, opening_word_probability, render_trajectory
+
+    tokenizer = real_tokenizer
+    prompt = "Question: Where was the director of Neriwal Dobe Naki born?"
+    opening = "<search> Neriwal Dobe Naki </search>"
+    turns = [(opening, "Doc 1 (Title: Numo Zakir) Numo Zakir was directed by Loku Rugi."),
+             ("<answer> Dike Gebe </answer>", None)]
+    ids, choice = opening_choice(tokenizer, opening)
+    assert tokenizer.decode([ids[k] for k in choice]).strip() == "Neriwal"
+    hidden, full = (render_trajectory(tokenizer, prompt, turns, hide_opening_choice=h) for h in (True, False))
+    assert hidden["input_ids"] == full["input_ids"]
+    dropped = [i for i, (h, f) in enumerate(zip(hidden["completion_mask"], full["completion_mask"])) if h != f]
+    assert tokenizer.decode([full["input_ids"][i] for i in dropped]).strip() == "Neriwal"
+
+    model = AutoModelForCausalLM.from_pretrained(real_vocab_model_dir).eval()
+    context, expected = prompt_ids(tokenizer, prompt) + ids[: choice[0]], 1.0
+    for k in choice:  # one forward pass per token: independent of the batched computation
+        with torch.no_grad():
+            expected *= model(torch.tensor([context])).logits[0, -1].softmax(-1)[ids[k]].item()
+        context = context + [ids[k]]
+    assert opening_word_probability(model, tokenizer, [prompt], [opening]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_demo_ranges_runs_argument():
+    """`demo_ranges.py --runs` takes capability:seed pairs (else every capability with every seed) and names a bad
+    pair."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_ranges", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "demo_ranges.py"))
+    demo_ranges = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_ranges)
+    chosen = demo_ranges.chosen_runs
+    assert chosen(SimpleNamespace(runs="avx2:0, avx512:1", capabilities=[], seeds=[])) == [("avx2", 0), ("avx512", 1)]
+    assert chosen(SimpleNamespace(runs=None, capabilities=["avx2", "default"], seeds=[0, 1])) == [
+        ("avx2", 0), ("default", 0), ("avx2", 1), ("default", 1)]
+    with pytest.raises(SystemExit, match="capability:seed pairs like avx2:0, got 'avx2'"):
+        chosen(SimpleNamespace(runs="avx2", capabilities=[], seeds=[]))
