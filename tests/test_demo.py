@@ -88,7 +88,8 @@ def test_demo_sft_start_speaks_the_protocol(demo_out):
     assert sft["examples"] > 0 and math.isfinite(sft["train_loss"])
     # The warm start reports its criterion and every held-out check; the last check is where it stopped.
     assert sft["checks"] and sft["checks"][-1]["step"] == sft["steps"]
-    assert sft["converged"] == sft["checks"][-1]["met"]
+    met_at = sft["anneal"]["from_step"] if sft["anneal"] else sft["steps"]
+    assert sft["converged"] == any(c["met"] for c in sft["checks"] if c["step"] == met_at)
     assert set(sft["criterion"]) >= {"min_validity", "min_copy_accuracy", "min_query_copy", "max_epochs"}
 
 
@@ -169,6 +170,31 @@ def test_warm_start_trains_until_its_criterion_or_the_cap(tiny_start, tmp_path, 
         assert not info["converged"] and info["steps"] == 4  # 16 examples / 8 per step x 2 epochs
         assert [c["step"] for c in info["checks"]] == [2, 4]
     assert (tmp_path / "sft" / "config.json").is_file()
+
+
+def test_warm_start_anneals_once_its_criterion_holds(tiny_start, tmp_path):
+    """With ``anneal_steps``, meeting the criterion starts a linear decay of the learning rate to zero over that many
+    more optimizer steps (measured at every optimizer step), then one more check, then the stop."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from igpo_trainer.warmstart import ConvergenceCriterion, annealed_learning_rate, warm_start
+
+    base, env = tiny_start
+    rates = []
+    hook = register_optimizer_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    try:
+        info = warm_start(base, env, tmp_path / "sft", num_examples=16, batch_size=8, learning_rate=1e-3, seed=0,
+                          progress=False, evaluate=lambda model: [{"em": 1.0, "gold_recall": 1.0, "error": None,
+                                                                   "truncated": False}] * 4,
+                          criterion=ConvergenceCriterion(check_every=2, max_epochs=8.0), anneal_steps=3)
+    finally:
+        hook.remove()
+    start = info["anneal"]["learning_rate"]
+    assert info["converged"] and info["anneal"] == {"from_step": 2, "learning_rate": start, "steps": 3}
+    assert info["steps"] == 5 and [c["step"] for c in info["checks"]] == [2, 4, 5]
+    assert 0 < start < 1e-3 and len(rates) == 5  # still warming up (10 steps) when the criterion held
+    assert rates[2:] == pytest.approx([start, start * 2 / 3, start / 3])
+    assert annealed_learning_rate(1.0, 3, 3) == 0.0 and annealed_learning_rate(2.0, 5, 3) == 0.0
 
 
 def test_oracle_opening_plays_the_first_search_then_the_policy():
