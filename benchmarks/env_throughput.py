@@ -17,6 +17,11 @@ spin to whatever runs next.
     python benchmarks/env_throughput.py                     # 100k and 1M (1M needs ~3 GB and a few minutes)
     python benchmarks/env_throughput.py --sizes 100000 --write BENCHMARKS.md
     python benchmarks/env_throughput.py --sizes 100000 --warm   # the env's own logic with warm caches (diagnostic)
+    python benchmarks/env_throughput.py --sizes 100000 --no-memo   # every query as if never seen before
+
+The env's `BM25Retriever` remembers the token ids of the queries and the passages it has returned (``memo_size``);
+the oracle plans repeat, so after the first pass every query and passage is remembered (retrieval itself always
+runs, on both sides). ``--no-memo`` turns those memos off: the cost of queries the env has never seen.
 
 ``--warm`` answers the env's searches from a memo and leaves raw bm25s out: what the env's Python costs when nothing
 evicts its state from the CPU caches. In the real run, bm25s streams a score array of every passage per query between
@@ -157,6 +162,8 @@ def benchmark_size(num_docs: int, args, cache_root: Path) -> dict:
                         num_docs=num_docs, distractors=args.distractors, seed=args.seed, hops=[1, 2, 3, 4],
                         num_questions=args.num_envs, cache_dir=cache_dir, topk=args.topk,
                         max_turns=SEARCHES_PER_EPISODE, retriever_threads=threads)
+    if args.no_memo:
+        envs.unwrapped.retriever.memo_size = 0
     plans = [item.metadata["oracle_queries"] for item in envs.unwrapped.items]
     steps = [[plan[t % len(plan)] for plan in plans] for t in range(args.steps)]
     search = raw_bm25s(retriever)
@@ -228,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="diagnostic: the env alone, its searches answered from a memo of their first answers and "
                              "raw bm25s left out, so no retrieval evicts the env's state from the CPU caches between "
                              "steps; prints the env's own logic per search with warm caches (no throughput, no ratios)")
+    parser.add_argument("--no-memo", action="store_true",
+                        help="turn off the env retriever's memos of query token ids and passages (BM25Retriever."
+                             "memo_size = 0): every search tokenizes its query and reads its passages from Arrow")
     args = parser.parse_args(argv)
     if args.warm and args.write:
         parser.error("--warm measures the env's own logic alone; it writes no table (drop --write)")
@@ -258,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
             f"`gym.make_vec(\"igpo/SynthMultiHop-v0\", vectorization_mode=\"vector_entry_point\")`) against raw bm25s "
             f"batched retrieval (numba backend, {threads} threads, the same {rows[0]['queries']:,} oracle queries, "
             f"topk={args.topk}, same process, the two sides interleaved step by step), in wall time and in CPU time "
-            f"(all threads). Target: env >= 80% of raw, env's own logic <= 10 µs per search. "
+            f"(all threads). Target: env >= 80% of raw, env's own logic <= 10 µs per search. The env's retriever memos "
+            f"(query token ids, passages) are {'off (--no-memo)' if args.no_memo else 'on'}. "
             f"World generation and index build (tokenize + index + save to a fresh cache dir) timed in the same run. "
             f"{os.cpu_count()} CPUs, machine shared with other jobs.\n\n"
             f"{table}\n\nReproduce: `{command.strip()}`"

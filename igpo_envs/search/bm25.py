@@ -21,6 +21,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 import bm25s
@@ -235,6 +236,9 @@ class BM25Retriever:
         num_passages: number of indexed passages.
         index_dir: the cache directory of this index.
         loaded_from_cache: True if the index was loaded from ``index_dir`` rather than built by this construction.
+        memo_size: how many query strings (their token ids) and passages (their fields) the retriever remembers
+            between searches, each (default 16,384; 0 turns both memos off). RL rollouts repeat queries and
+            passages a lot; a remembered one skips bm25s's tokenizer or the Arrow read. Retrieval itself always runs.
 
     ``search`` returns, per query, up to ``topk`` passages that share at least one term with the query, best first,
     with their BM25 scores. A query none of whose terms occur in the corpus (e.g. only stopwords) gets ``[]``:
@@ -243,6 +247,8 @@ class BM25Retriever:
     Thread-safe. Pickles by reference to ``index_dir`` (a spawned worker re-opens the mmapped index); a worker forked
     after this process started numba's thread pool searches serially (GNU OpenMP cannot survive a fork).
     """
+
+    memo_size: int = 16_384
 
     def __init__(
         self,
@@ -394,11 +400,15 @@ class BM25Retriever:
         self._tokenizer.stem_to_sid = dict(self._bm25.vocab_dict)
         self._tokenizer.stem_to_sid.pop("", None)  # "" scores every document 0: no-term queries return []
         self._parallel_lock = threading.Lock()  # numba's workqueue threading layer is not re-entrant
+        # Memos (see memo_size): query string -> its token ids; (row, score) -> its Passage.
+        self._token_ids_memo: dict[str, list[int]] = {}
+        self._passage_memo: dict[tuple[int, float], Passage] = {}
+        self._memo_lock = threading.Lock()  # the tokenizer's own caches and the memos' evictions
 
     def __getstate__(self) -> dict:
         # Pickle by reference to the on-disk index (spawned vector-env workers re-open it with mmap).
         return {"index_dir": self.index_dir, "content_hash": self.content_hash, "n_threads": self.n_threads,
-                "loaded_from_cache": self.loaded_from_cache}
+                "loaded_from_cache": self.loaded_from_cache, "memo_size": self.memo_size}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -434,12 +444,55 @@ class BM25Retriever:
             out.append(list(map(grouped.__getitem__, back)))
         return out
 
+    def _remember(self, memo: dict, keys: Iterable, values: Iterable) -> None:
+        """Store ``keys`` -> ``values`` in ``memo``, dropping its oldest entries beyond `memo_size`."""
+        size = self.memo_size
+        if size <= 0:
+            return
+        with self._memo_lock:
+            memo.update(zip(keys, values))
+            excess = len(memo) - size
+            if excess > 0:  # dicts keep insertion order: the first keys are the oldest
+                for key in list(islice(memo, excess)):
+                    del memo[key]
+
+    def _token_ids(self, queries: Sequence[str]) -> list[list[int]]:
+        """bm25s's token ids of each query in this index's vocabulary ([] when no term is in it), remembered per
+        query string: the tokenizer maps a string to the same ids every time."""
+        token_ids = list(map(self._token_ids_memo.get, queries))
+        if None in token_ids:
+            new = list(dict.fromkeys(q for q, ids in zip(queries, token_ids) if ids is None))
+            with self._memo_lock:  # bm25s's tokenizer grows its word caches as it goes
+                fresh = dict(zip(new, self._tokenizer.streaming_tokenize(new, update_vocab=False, allow_empty=False)))
+            self._remember(self._token_ids_memo, fresh.keys(), fresh.values())
+            token_ids = [fresh[q] if ids is None else ids for q, ids in zip(queries, token_ids)]
+        return token_ids
+
+    def _passages(self, rows: list[int], scores: list[float]) -> list[Passage]:
+        """The passages at ``rows`` with ``scores``, remembered by (row, score): a query that comes back gets the
+        same (frozen) passages, and only passages not remembered are read from Arrow."""
+        keys = list(zip(rows, scores))
+        passages = list(map(self._passage_memo.get, keys))
+        if all(passages):  # all remembered (a Passage is never falsy)
+            return passages
+        missing = [i for i, passage in enumerate(passages) if passage is None]
+        if len(missing) == len(keys):  # nothing remembered: read every row, as without a memo
+            passages = list(map(Passage, *self._take_rows(np.array(rows, dtype=np.int64)), scores))
+            self._remember(self._passage_memo, keys, passages)
+        elif missing:
+            fields = self._take_rows(np.array([rows[i] for i in missing], dtype=np.int64))
+            new = list(map(Passage, *fields, [scores[i] for i in missing]))
+            for i, passage in zip(missing, new):
+                passages[i] = passage
+            self._remember(self._passage_memo, [keys[i] for i in missing], new)
+        return passages
+
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
         if isinstance(queries, str):
             raise TypeError("search() takes a sequence of queries; wrap a single query in a list")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        token_ids = list(self._tokenizer.streaming_tokenize(queries, update_vocab=False, allow_empty=False))
+        token_ids = self._token_ids(queries)
         asked = [i for i, ids in enumerate(token_ids) if ids]
         # A fresh list per query, made once: a query without known terms keeps its empty one.
         results: list[list[Passage]] = [[] if not ids else None for ids in token_ids]
@@ -456,8 +509,7 @@ class BM25Retriever:
             docs, scores = self._bm25.retrieve([token_ids[i] for i in asked], **kwargs)
 
         matched = scores > 0  # rows are sorted best first, so the matches are a prefix of each row
-        ids, titles, texts = self._take_rows(docs[matched].astype(np.int64))
-        passages = list(map(Passage, ids, titles, texts, scores[matched].tolist()))  # all queries' in one pass
+        passages = self._passages(docs[matched].tolist(), scores[matched].tolist())  # all queries' in one pass
         start = 0
         for qi, n in zip(asked, np.count_nonzero(matched, axis=1).tolist()):
             results[qi] = passages[start:start + n]
