@@ -461,11 +461,13 @@ class BM25Retriever:
         query string: the tokenizer maps a string to the same ids every time."""
         token_ids = list(map(self._token_ids_memo.get, queries))
         if None in token_ids:
-            new = list(dict.fromkeys(q for q, ids in zip(queries, token_ids) if ids is None))
+            missing = [i for i, ids in enumerate(token_ids) if ids is None]
             with self._memo_lock:  # bm25s's tokenizer grows its word caches as it goes
-                fresh = dict(zip(new, self._tokenizer.streaming_tokenize(new, update_vocab=False, allow_empty=False)))
-            self._remember(self._token_ids_memo, fresh.keys(), fresh.values())
-            token_ids = [fresh[q] if ids is None else ids for q, ids in zip(queries, token_ids)]
+                fresh = self._tokenizer.streaming_tokenize([queries[i] for i in missing], update_vocab=False,
+                                                           allow_empty=False)
+                for i, ids in zip(missing, fresh):
+                    token_ids[i] = ids
+            self._remember(self._token_ids_memo, queries, token_ids)
         return token_ids
 
     def _passages(self, rows: list[int], scores: list[float]) -> list[Passage]:
@@ -475,16 +477,14 @@ class BM25Retriever:
         passages = list(map(self._passage_memo.get, keys))
         if all(passages):  # all remembered (a Passage is never falsy)
             return passages
-        missing = [i for i, passage in enumerate(passages) if passage is None]
-        if len(missing) == len(keys):  # nothing remembered: read every row, as without a memo
+        if not any(passages):  # none remembered: read every row, as without a memo
             passages = list(map(Passage, *self._take_rows(np.array(rows, dtype=np.int64)), scores))
-            self._remember(self._passage_memo, keys, passages)
-        elif missing:
+        else:
+            missing = [i for i, passage in enumerate(passages) if passage is None]
             fields = self._take_rows(np.array([rows[i] for i in missing], dtype=np.int64))
-            new = list(map(Passage, *fields, [scores[i] for i in missing]))
-            for i, passage in zip(missing, new):
+            for i, passage in zip(missing, map(Passage, *fields, [scores[i] for i in missing])):
                 passages[i] = passage
-            self._remember(self._passage_memo, [keys[i] for i in missing], new)
+        self._remember(self._passage_memo, keys, passages)
         return passages
 
     def search(self, queries: Sequence[str], topk: int) -> list[list[Passage]]:
