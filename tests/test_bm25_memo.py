@@ -53,6 +53,7 @@ def test_searches_match_a_retriever_without_memos(cache_dir):
             got = memoized.search(batch, topk)
             assert got == expected
             assert [[type(p) for p in hits] for hits in got] == [[Passage] * len(hits) for hits in expected]
+    assert memoized.search(tuple(QUERIES), 3) == memoized.search(iter(QUERIES), 3) == plain.search(QUERIES, 3)
     assert plain._token_ids_memo == {} and plain._passage_memo == {}
     assert memoized._token_ids_memo and memoized._passage_memo
 

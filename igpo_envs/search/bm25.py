@@ -236,9 +236,9 @@ class BM25Retriever:
         num_passages: number of indexed passages.
         index_dir: the cache directory of this index.
         loaded_from_cache: True if the index was loaded from ``index_dir`` rather than built by this construction.
-        memo_size: how many query strings (their token ids) and passages (their fields) the retriever remembers
-            between searches, each (default 16,384; 0 turns both memos off). RL rollouts repeat queries and
-            passages a lot; a remembered one skips bm25s's tokenizer or the Arrow read. Retrieval itself always runs.
+        memo_size: how many query strings (their token ids) and passages (by row and score) the retriever
+            remembers between searches, each (default 16,384; 0 turns both memos off). RL rollouts repeat queries a
+            lot; a remembered one skips bm25s's tokenizer and the Arrow read. Retrieval itself always runs.
 
     ``search`` returns, per query, up to ``topk`` passages that share at least one term with the query, best first,
     with their BM25 scores. A query none of whose terms occur in the corpus (e.g. only stopwords) gets ``[]``:
@@ -456,7 +456,7 @@ class BM25Retriever:
                 for key in list(islice(memo, excess)):
                     del memo[key]
 
-    def _token_ids(self, queries: Sequence[str]) -> list[list[int]]:
+    def _token_ids(self, queries: list[str]) -> list[list[int]]:
         """bm25s's token ids of each query in this index's vocabulary ([] when no term is in it), remembered per
         query string: the tokenizer maps a string to the same ids every time."""
         token_ids = list(map(self._token_ids_memo.get, queries))
@@ -492,6 +492,8 @@ class BM25Retriever:
             raise TypeError("search() takes a sequence of queries; wrap a single query in a list")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
+        if type(queries) is not list:
+            queries = list(queries)
         token_ids = self._token_ids(queries)
         asked = [i for i, ids in enumerate(token_ids) if ids]
         # A fresh list per query, made once: a query without known terms keeps its empty one.
