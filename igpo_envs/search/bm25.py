@@ -510,10 +510,18 @@ class BM25Retriever:
         else:
             docs, scores = self._bm25.retrieve([token_ids[i] for i in asked], **kwargs)
 
-        matched = scores > 0  # rows are sorted best first, so the matches are a prefix of each row
-        passages = self._passages(docs[matched].tolist(), scores[matched].tolist())  # all queries' in one pass
+        # Rows are sorted best first, so the matches (score > 0) are a prefix of each row. In plain Python: a numpy
+        # call costs more than the whole loop on arrays this small, with the caches cold from retrieval.
+        score_rows = scores.tolist()
+        counts = [k if row[-1] > 0 else sum(score > 0 for score in row) for row in score_rows]
+        if sum(counts) == k * len(counts):  # the usual case: every query matched k passages
+            rows, hit_scores = docs.ravel().tolist(), [score for row in score_rows for score in row]
+        else:
+            rows = [doc for row, n in zip(docs.tolist(), counts) for doc in row[:n]]
+            hit_scores = [score for row, n in zip(score_rows, counts) for score in row[:n]]
+        passages = self._passages(rows, hit_scores)  # all queries' in one pass
         start = 0
-        for qi, n in zip(asked, np.count_nonzero(matched, axis=1).tolist()):
+        for qi, n in zip(asked, counts):
             results[qi] = passages[start:start + n]
             start += n
         return results
