@@ -71,6 +71,9 @@ class DemoSettings:
     # The start must open with the alias sometimes, or RL (either method) has nothing to reinforce in 20 steps: the
     # mean probability of the alias's first word at the opening, on the checked questions.
     min_opening_share: float = 0.05
+    # Once the criterion holds: steps more with the learning rate falling linearly to zero
+    # (`igpo_trainer.warmstart.warm_start`), so the start's opening share settles instead of wandering.
+    sft_anneal_steps: int = 250
     # Plan mix of the demonstrations (`igpo_trainer.warmstart.demonstrations`): mostly the naive "search the question"
     # opening, so the start rarely searches right and outcome-only GRPO meets many all-equal groups.
     naive_share: float = 0.75
@@ -113,8 +116,9 @@ class DemoSettings:
 FULL = DemoSettings()
 QUICK = DemoSettings(num_docs=200, train_questions=40, eval_questions=16, hidden_size=64, num_layers=2,
                      vocab_size=600, sft_examples=192, sft_max_epochs=2.0, sft_lr=1e-2, sft_batch_size=8,
-                     sft_check_every=24, sft_check_episodes=8, steps=2, rl_seeds=2, questions_per_step=2,
-                     num_generations=4, eval_every=1, eval_episodes=8, diag_questions=4, max_completion_length=256)
+                     sft_check_every=24, sft_check_episodes=8, sft_anneal_steps=24, steps=2, rl_seeds=2,
+                     questions_per_step=2, num_generations=4, eval_every=1, eval_episodes=8, diag_questions=4,
+                     max_completion_length=256)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation agent
@@ -257,7 +261,7 @@ def converged_warm_start(base_dir: Path, out_dir: Path, settings: DemoSettings, 
                       naive_share=settings.naive_share, recover_share=settings.recover_share,
                       reading_share=settings.sft_reading_share, seed=seed,
                       progress=progress, evaluate=held_out, criterion=settings.criterion(), reading_texts=reading,
-                      opening_share=opening_share)
+                      opening_share=opening_share, anneal_steps=settings.sft_anneal_steps)
 
 
 def rl_config(out: Path, settings: DemoSettings, *, seed: int, use_information_gain: bool, progress: bool,
@@ -562,12 +566,17 @@ def run_demo(out: str | Path, *, settings: DemoSettings = FULL, seed: int = 0, p
     }
     (out / "results.json").write_text(json.dumps(report, indent=1, default=float))
     last = sft["checks"][-1] if sft.get("checks") else {}
+    anneal = sft.get("anneal")
+    steps_text = (f"{anneal['from_step']} steps, then annealed to step {sft['steps']} ({sft['epochs']:.1f} epochs)"
+                  if anneal else f"{sft['steps']} steps ({sft['epochs']:.1f} epochs)")
     criterion_text = (f"Warm start: {'met' if sft['converged'] else 'did NOT meet'} its criterion after "
-                      f"{sft['steps']} steps ({sft['epochs']:.1f} epochs): held-out greedy validity "
+                      f"{steps_text}; last check: held-out greedy validity "
                       f"{100 * last.get('validity', float('nan')):.1f}%, answer copy "
                       f"{100 * last.get('copy_accuracy', float('nan')):.1f}%, query copy "
-                      f"{100 * last.get('query_copy', float('nan')):.1f}% (targets {settings.min_validity:.0%}, "
-                      f"{settings.min_copy_accuracy:.0%}, {settings.min_query_copy:.0%}).")
+                      f"{100 * last.get('query_copy', float('nan')):.1f}%, opening share "
+                      f"{100 * last.get('opening_share', float('nan')):.1f}% (targets {settings.min_validity:.0%}, "
+                      f"{settings.min_copy_accuracy:.0%}, {settings.min_query_copy:.0%}, "
+                      f">= {settings.min_opening_share:.0%}).")
     every_seed = "yes" if checks["igpo_em_ge_grpo_every_seed"] else "NO"
     verdict = (f"IGPO >= GRPO in held-out EM on every RL seed: {every_seed}"
                f" (IGPO - GRPO per seed: {', '.join(f'{100 * d:+.1f}' for d in checks['igpo_em_minus_grpo_per_seed'])}"
@@ -603,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="RL runs at a time, each in its own process with one torch thread (default: 2, or 1 "
                              "on a 1-core machine); the results do not depend on it")
+    parser.add_argument("--anneal-steps", type=int, default=None,
+                        help="warm-start steps with the learning rate falling to zero once its criterion holds "
+                             "(default 250; 0: stop as soon as it holds, a less reliable reader)")
     parser.add_argument("--adv-std-floor", type=float, default=None,
                         help="IGPO's group-std floor (default 0 = the paper's method)")
     args = parser.parse_args(argv)
@@ -615,8 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("steps", args.steps), ("seeds", args.seeds), ("workers", args.workers)):
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1, got {value}")
+    if args.anneal_steps is not None and args.anneal_steps < 0:
+        parser.error(f"--anneal-steps must be >= 0, got {args.anneal_steps}")
     if args.steps is not None:
         settings = replace(settings, steps=args.steps)
+    if args.anneal_steps is not None:
+        settings = replace(settings, sft_anneal_steps=args.anneal_steps)
     if args.seeds is not None:
         settings = replace(settings, rl_seeds=args.seeds)
     if args.reward_metric is not None:

@@ -292,8 +292,8 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
 
     ``anneal_steps`` (with ``evaluate``): once the criterion holds, train that many more steps with the learning rate
     falling linearly from its current value to zero, then check once more and stop. At a constant high rate the last
-    iterate wanders (the share of openings with the right query moved between 2% and 39% from one check to the next);
-    annealing settles it near what the demonstrations imply, so starts from different seeds and CPUs agree.
+    iterate wanders from one check to the next; annealing lets it settle into a more reliable reader (the README's
+    CPU reproduction measures by how much).
     """
     import time
 

@@ -230,9 +230,9 @@ def test_seed_summary_and_conclusions():
 def test_demo_cli_rejects_bad_counts():
     from igpo_trainer.demo import main
 
-    for flag in ("--seeds", "--steps"):
+    for flag, bad in (("--seeds", "0"), ("--steps", "0"), ("--anneal-steps", "-1")):
         with pytest.raises(SystemExit):
-            main([flag, "0", "--quick"])
+            main([flag, bad, "--quick"])
 
 
 def test_warmstart_renders_trajectories_like_rollouts():
