@@ -370,13 +370,10 @@ def warm_start(model_dir: str | Path, env, out_dir: str | Path, *, num_examples:
                     group["lr"] = annealed_learning_rate(self.anneal["learning_rate"], done, anneal_steps)
 
         def on_step_end(self, _args, state, control, model=None, optimizer=None, **kwargs):
-            if self.anneal is not None:
+            if self.anneal is not None:  # no decision is left to make until the anneal ends: one check there
                 if state.global_step - self.anneal["from_step"] >= anneal_steps:
-                    if checks[-1]["step"] != state.global_step:
-                        self.check(state, model)
-                    control.should_training_stop = True
-                elif state.global_step % criterion.check_every == 0:
                     self.check(state, model)
+                    control.should_training_stop = True
                 return
             if state.global_step % criterion.check_every == 0:
                 self.check(state, model)
