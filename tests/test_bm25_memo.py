@@ -94,3 +94,18 @@ def test_partly_remembered_rows_read_from_several_arrow_chunks(tmp_path):
     for batch in (["Brisk"], ["Quenn Andra", "Brisk orbits"], ["Lindqvist", "Brisk", "Vel galaxy", "Okonkwo"]):
         assert memoized.search(batch, 4) == plain.search(batch, 4)
     assert {p.id for p in memoized._passage_memo.values()} >= {"7", "2", "6"}
+
+
+def test_a_remembered_query_skips_the_tokenizer_and_the_arrow_read(cache_dir, monkeypatch):
+    """What the memos are for: once a batch was searched, searching it again only retrieves."""
+    memoized = retriever(cache_dir)
+    expected = memoized.search(QUERIES, 3)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a remembered query was tokenized or read again")
+
+    monkeypatch.setattr(memoized, "_take_rows", must_not_run)
+    monkeypatch.setattr(memoized._tokenizer, "streaming_tokenize", must_not_run)
+    assert memoized.search(QUERIES[::-1], 3) == expected[::-1]
+    with pytest.raises(AssertionError, match="tokenized or read again"):
+        memoized.search(["a query never seen before: Zanzibar"], 3)
