@@ -52,7 +52,9 @@ def run_all(args) -> None:
             out.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false"}
-            cmd = [sys.executable, "-m", "igpo_trainer.demo", "--out", str(out), "--seed", str(seed),
+            # Runs side by side share the cores: one thread each (igpo-demo's --sft-threads; demo_args may override).
+            threads = ["--sft-threads", "1"] if args.jobs > 1 else []
+            cmd = [sys.executable, "-m", "igpo_trainer.demo", "--out", str(out), "--seed", str(seed), *threads,
                    *args.demo_args]
             with open(out / "log.txt", "w") as log:
                 running.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), out.name,

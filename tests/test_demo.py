@@ -74,6 +74,7 @@ def test_rl_runs_in_worker_processes_equal_a_run_in_this_one(demo_out):
     assert budget["workers"] == 2 and len(budget["rl_run_cpu_seconds"]) == 4
     assert budget["serial_cpu_seconds"] < budget["critical_path_cpu_seconds"] < budget["serial_cpu_seconds"] + sum(
         budget["rl_run_cpu_seconds"])
+    assert budget["serial_wall_seconds"] < budget["critical_path_seconds"] and budget["sft_threads"] == 1
     assert critical_path({"sft": 10.0, "rl_main_process": 99.0}, [4.0, 3.0, 2.0, 2.0], workers=2) == 10.0 + 6.0
     assert critical_path({"sft": 10.0}, [4.0, 3.0], workers=1) == 17.0
 
@@ -197,6 +198,30 @@ def test_warm_start_anneals_once_its_criterion_holds(tiny_start, tmp_path):
     assert annealed_learning_rate(1.0, 3, 3) == 0.0 and annealed_learning_rate(2.0, 5, 3) == 0.0
 
 
+def test_warm_start_weights_do_not_depend_on_torch_threads(tiny_start, tmp_path):
+    """What lets `igpo-demo --sft-threads 2` speed up the serial stage without moving any figure: the same warm start
+    on one and on two torch threads ends with bit-identical weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from igpo_trainer.warmstart import warm_start
+
+    base, env = tiny_start
+    weights = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            warm_start(base, env, tmp_path / f"t{threads}", num_examples=16, batch_size=8, learning_rate=1e-2,
+                       epochs=2.0, seed=0, progress=False)
+        finally:
+            torch.set_num_threads(1)
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / f"t{threads}")
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+    assert not all(torch.equal(a, b.detach()) for a, b in zip(
+        weights[0], AutoModelForCausalLM.from_pretrained(base).parameters(), strict=True))  # it did train
+
+
 def test_oracle_opening_plays_the_first_search_then_the_policy():
     from igpo_trainer.demo import OracleOpening
 
@@ -230,7 +255,7 @@ def test_seed_summary_and_conclusions():
 def test_demo_cli_rejects_bad_counts():
     from igpo_trainer.demo import main
 
-    for flag, bad in (("--seeds", "0"), ("--steps", "0"), ("--anneal-steps", "-1")):
+    for flag, bad in (("--seeds", "0"), ("--steps", "0"), ("--anneal-steps", "-1"), ("--sft-threads", "0")):
         with pytest.raises(SystemExit):
             main([flag, bad, "--quick"])
 
