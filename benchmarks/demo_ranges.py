@@ -74,6 +74,11 @@ def critical_seconds(budget: dict) -> float:
     return budget.get("critical_path_seconds", budget.get("critical_path_cpu_seconds", float("nan")))
 
 
+def policy_row(report: dict, policy: str) -> dict:
+    """A demo report's mean row of ``policy``."""
+    return next(row for row in report["rows"] if row["policy"] == policy)
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -94,7 +99,7 @@ def aggregate(args) -> str:
     for policy in policies:
         cells = []
         for _name, key in FIGURES:
-            values = [next(r for r in rep["rows"] if r["policy"] == policy).get(key) for rep in reports.values()]
+            values = [policy_row(rep, policy).get(key) for rep in reports.values()]
             values = [v for v in values if v is not None]
             ranges[(policy, key)] = (min(values), max(values)) if values else None
             scale = pct if key != "searches" else (lambda x: f"{x:.2f}")
@@ -121,11 +126,9 @@ def aggregate(args) -> str:
             r["conclusions"]["zero_adv_groups_grpo"] > r["conclusions"]["zero_adv_groups_igpo"]
             for r in reports.values()),
         "IGPO's mean EM at least GRPO's": all(
-            next(x for x in r["rows"] if x["policy"] == "IGPO")["em"]
-            >= next(x for x in r["rows"] if x["policy"] == "GRPO")["em"] for r in reports.values()),
+            policy_row(r, "IGPO")["em"] >= policy_row(r, "GRPO")["em"] for r in reports.values()),
         "IGPO's mean gold recall above GRPO's": all(
-            next(x for x in r["rows"] if x["policy"] == "IGPO")["gold_recall"]
-            > next(x for x in r["rows"] if x["policy"] == "GRPO")["gold_recall"] for r in reports.values()),
+            policy_row(r, "IGPO")["gold_recall"] > policy_row(r, "GRPO")["gold_recall"] for r in reports.values()),
         "the warm start met its criterion": all(r["sft"].get("converged") for r in reports.values()),
     }
     settings = next(iter(reports.values()))["settings"]

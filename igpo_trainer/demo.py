@@ -72,7 +72,8 @@ class DemoSettings:
     # mean probability of the alias's first word at the opening, on the checked questions.
     min_opening_share: float = 0.05
     # Once the criterion holds: steps more with the learning rate falling linearly to zero
-    # (`igpo_trainer.warmstart.warm_start`), so the start's opening share settles instead of wandering.
+    # (`igpo_trainer.warmstart.warm_start`), so the start settles instead of wandering between checks: a more
+    # reliable reader, and an opening share that no longer swings from run to run as much (README).
     sft_anneal_steps: int = 250
     # Plan mix of the demonstrations (`igpo_trainer.warmstart.demonstrations`): mostly the naive "search the question"
     # opening, so the start rarely searches right and outcome-only GRPO meets many all-equal groups.
@@ -459,14 +460,15 @@ def run_rl_jobs(jobs, start_dir: Path, out: Path, settings: DemoSettings, held_o
     return results
 
 
-def critical_path(cpu_stages: dict[str, float], run_cpu: list[float], workers: int) -> float:
-    """CPU seconds on the demo's critical path: the serial stages, then the RL runs list-scheduled over ``workers``
+def critical_path(serial_stages: dict[str, float], run_cpu: list[float], workers: int) -> float:
+    """Seconds on the demo's critical path: the serial stages (their CPU or their wall seconds; ``rl_main_process``,
+    the main process waiting on the pool, is left out), then the RL runs' CPU seconds list-scheduled over ``workers``
     cores in submission order (as the process pool runs them): the wall-clock the demo takes on idle cores."""
     finish = [0.0] * max(1, workers)
     for seconds in run_cpu:
         k = finish.index(min(finish))
         finish[k] += seconds
-    serial = sum(v for k, v in cpu_stages.items() if k != "rl_main_process")
+    serial = sum(v for k, v in serial_stages.items() if k != "rl_main_process")
     return serial + max(finish)
 
 
